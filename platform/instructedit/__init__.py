@@ -1,0 +1,1 @@
+"""InstructEdit: instruction-based knowledge editing on Ray."""

@@ -1,0 +1,370 @@
+"""Typed, frozen configuration.
+
+A run is one YAML file (configs/runs/*.yaml) that names tasks and a model by their registry names
+and sets the editor, training and evaluation sections. Tasks and models live in their own YAML
+files (configs/tasks, configs/models) so that no code branches on a task or model name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+INSTRUCTION_SETTINGS = ("none", "seen", "unseen")  # or "id:<instruction id>"
+MODES = ("single-task", "multi-task", "instructedit")
+
+
+class ConfigError(ValueError):
+    """A config file or value is wrong; the message names the file and the key."""
+
+
+# ----------------------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class Instruction:
+    id: str
+    text: str
+    unseen: bool = False  # kept out of training to test unseen instructions
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    path: str  # relative to the data dir
+    reader: str  # knowedit | mend | zsre_mend | convsent
+    role: str = "all"  # all | train | val | test: which split the file feeds ("all" = split by hash)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str
+    description: str  # what the task asks of the editor; the instruction writer starts from it
+    sources: tuple[SourceConfig, ...]
+    instructions: tuple[Instruction, ...]
+    template: str = "Task: {task}\nDescription: {instruction}\nInput: {prompt}"
+    display_name: str = ""  # the {task} slot of the template
+    loss: str = "nll"  # nll | unlikelihood (ConvSent)
+    metrics: tuple[str, ...] = ("reliability", "generalization", "locality", "portability")
+    balance_to: int | None = None  # down/up-sample the task to N records (ConvSent: 1427)
+    hold_out: bool = False  # never trained on (ZsRE)
+
+    def instruction(self, instruction_id: str) -> Instruction:
+        for ins in self.instructions:
+            if ins.id == instruction_id:
+                return ins
+        raise ConfigError(f"task {self.name!r}: unknown instruction id {instruction_id!r}")
+
+    @property
+    def seen_pool(self) -> tuple[Instruction, ...]:
+        return tuple(i for i in self.instructions if not i.unseen)
+
+    @property
+    def unseen_pool(self) -> tuple[Instruction, ...]:
+        return tuple(i for i in self.instructions if i.unseen)
+
+
+# ---------------------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    source: str  # gguf_package | tiny | hf
+    # where the weights come from
+    hf_id: str = ""  # source=hf (and the tokenizer of tiny models when given)
+    package: str = ""  # source=gguf_package: the Python package that ships the file
+    gguf_file: str = ""
+    tiny: dict[str, Any] = field(default_factory=dict)  # source=tiny: a transformers config dict
+    tokenizer: str = "auto"  # auto | byte (tiny models: a small deterministic tokenizer)
+    # the module paths the editor needs (no name sniffing in code)
+    backbone: str = "model"  # module that takes inputs_embeds and returns last_hidden_state
+    blocks: str = "model.layers"  # the ModuleList of decoder blocks
+    final_norm: str = "model.norm"
+    lm_head: str = "lm_head"
+    position_embedding: str = ""  # GPT-2 adds learned positions to inputs_embeds
+    edited_weights: tuple[str, ...] = ()  # module names; "{i}" is expanded over edited_layers
+    edited_layers: tuple[int, ...] = (-3, -2, -1)  # negative = from the top
+    dtype: str = "float32"
+
+
+# ---------------------------------------------------------------------------------------- editor
+@dataclass(frozen=True)
+class EditorConfig:
+    rank: int = 1920  # low-rank hidden width of the transform, capped at its input dim
+    n_hidden: int = 1
+    norm: bool = True  # normalise (u, d) by running statistics
+    shared: bool = True  # one net per weight shape, with per-weight scale/shift
+    edit_lr: float = 1e-4  # initial per-weight edit learning rate
+    lr: float = 1e-6  # meta learning rate of the transform
+    lr_lr: float = 1e-4  # learning rate of the edit learning rates
+    c_edit: float = 0.1
+    c_loc: float = 1.0
+    grad_clip: float = 100.0
+    rephrase_in_edit_loss: bool = False  # train the edit loss on rephrases too
+
+
+# ------------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class DataConfig:
+    tasks: tuple[str, ...] = ("counterfact", "recent", "convsent")
+    hold_out: tuple[str, ...] = ("zsre",)
+    data_dir: str = ""  # "" = $INSTRUCTEDIT_DATA or ../shared/data
+    prepared_dir: str = ""  # parquet written by `instructedit prepare`; "" = prepare on the fly
+    instruction_setting: str = "seen"  # none | seen | unseen | id:<instruction id>
+    instruction_set: str = ""  # a named optimised instruction set ("" = the task YAML pools)
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    max_records: int | None = None  # per task and split, for quick runs
+    on_error: str = "raise"  # raise | skip
+
+
+# ------------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 8  # global, whatever the number of workers
+    max_steps: int = 1000
+    time_budget_s: float | None = None  # stop after this many seconds of training
+    log_every: int = 10
+    val_every: int = 100
+    val_size: int = 64  # val records per task
+    early_stop_metric: str = "val/edit_success"  # higher is better
+    early_stop_patience: int = 5  # validations without improvement
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: str = "auto"  # auto | true | false
+    max_failures: int = 2
+    keep_checkpoints: int = 2
+    storage_path: str = ""  # "" = ./runs
+    max_length: int = 96  # token cap of one sequence
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    split: str = "test"
+    tasks: tuple[str, ...] = ()  # () = the run's tasks + hold-out tasks
+    instruction_setting: str = ""  # "" = the run's setting
+    batch_size: int = 16
+    max_records: int | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    mode: str = "instructedit"  # single-task | multi-task | instructedit
+    model: str = "smollm2-135m"
+    experiment: str = "instructedit"
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite under ./mlruns
+    data: DataConfig = field(default_factory=DataConfig)
+    editor: EditorConfig = field(default_factory=EditorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> RunConfig:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        setting = self.data.instruction_setting
+        if setting not in INSTRUCTION_SETTINGS and not setting.startswith("id:"):
+            raise ConfigError(f"data.instruction_setting must be none|seen|unseen|id:<id>, got {setting!r}")
+        if self.mode == "multi-task" and setting != "none":
+            raise ConfigError("mode multi-task trains without instructions: set data.instruction_setting: none")
+        if self.mode == "single-task" and len(self.data.tasks) != 1:
+            raise ConfigError(f"mode single-task needs exactly one task, got {list(self.data.tasks)}")
+        if abs(sum(self.data.split_fractions) - 1.0) > 1e-6:
+            raise ConfigError(f"data.split_fractions must sum to 1, got {self.data.split_fractions}")
+        if self.train.batch_size < 1 or self.train.num_workers < 1:
+            raise ConfigError("train.batch_size and train.num_workers must be >= 1")
+        if self.train.batch_size % self.train.num_workers:
+            raise ConfigError(
+                f"train.batch_size {self.train.batch_size} must divide evenly over "
+                f"{self.train.num_workers} workers (the global batch stays fixed)"
+            )
+        for t in self.data.tasks + self.data.hold_out:
+            load_task(t)
+        load_model_config(self.model)
+        return self
+
+
+# ---------------------------------------------------------------------------------- conversion
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Turn a YAML value into the annotated type, with errors that name the key."""
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if value is None:
+        if type(None) in args or tp is Any:
+            return None
+        raise ConfigError(f"{where}: must not be null")
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        return dict(value)
+    if args and type(None) in args:  # Optional[X]
+        inner = [a for a in args if a is not type(None)][0]
+        return _convert(inner, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError as e:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from e
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}".lstrip("."))
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where or cls.__name__}: {e}") from e
+
+
+def to_dict(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"train.batch_size": 8, ...} (MLflow params, Tune search spaces)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+    cur[keys[-1]] = value
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """["train.max_steps=10", "data.tasks=[recent]"] -> {"train.max_steps": 10, ...} (YAML values)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    d = to_dict(cfg)
+    for k, v in overrides.items():
+        _set_dotted(d, k, v)
+    return from_dict(RunConfig, d, "overrides").validate()
+
+
+def load_run_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A run YAML (a path, or a name under configs/runs) plus dotted overrides -> RunConfig."""
+    if path is None:
+        data: dict[str, Any] = {}
+        where = "defaults"
+    else:
+        p = Path(path)
+        if not p.exists() and not p.suffix:
+            p = CONFIG_DIR / "runs" / f"{path}.yaml"
+        data = _read_yaml(p)
+        where = str(p)
+    for k, v in (overrides or {}).items():
+        _set_dotted(data, k, v)
+    try:
+        return from_dict(RunConfig, data, where).validate()
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+
+
+def _registry_path(kind: str, name: str) -> Path:
+    p = CONFIG_DIR / kind / f"{name}.yaml"
+    if not p.exists():
+        known = sorted(q.stem for q in (CONFIG_DIR / kind).glob("*.yaml"))
+        raise ConfigError(f"unknown {kind[:-1]} {name!r}; known: {known}")
+    return p
+
+
+def load_task(name: str) -> TaskConfig:
+    p = _registry_path("tasks", name)
+    data = _read_yaml(p)
+    data.setdefault("name", name)
+    cfg = from_dict(TaskConfig, data, str(p))
+    ids = [i.id for i in cfg.instructions]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{p}: duplicate instruction ids")
+    if cfg.instructions and not cfg.seen_pool:
+        raise ConfigError(f"{p}: every instruction is marked unseen; training needs a seen pool")
+    return cfg
+
+
+def load_model_config(name: str) -> ModelConfig:
+    p = _registry_path("models", name)
+    data = _read_yaml(p)
+    data.setdefault("name", name)
+    return from_dict(ModelConfig, data, str(p))
+
+
+def list_registry(kind: str) -> list[str]:
+    return sorted(q.stem for q in (CONFIG_DIR / kind).glob("*.yaml"))
+
+
+def replace(obj: Any, **changes: Any) -> Any:
+    return dataclasses.replace(obj, **changes)
