@@ -1,0 +1,213 @@
+"""MLflow tracking. The only module that imports mlflow.
+
+Default store: a sqlite file under ./mlruns in the working directory (MLflow 3 refuses the plain
+folder store). `MLFLOW_TRACKING_URI` or an explicit uri (e.g. an http:// server on a cluster)
+overrides. Secrets never reach params, tags or logged text: `redact` strips them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+
+import mlflow  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorization|credential)", re.I)
+_SECRET_VALUE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+\S+)")
+
+
+def default_tracking_uri() -> str:
+    root = Path.cwd() / "mlruns"
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def configure(uri: str | None = None) -> str:
+    uri = resolve_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def redact_text(text: str) -> str:
+    text = _SECRET_VALUE.sub("[REDACTED]", text)
+    for name, value in os.environ.items():
+        if _SECRET_KEY.search(name) and value and len(value) >= 6:
+            text = text.replace(value, "[REDACTED]")
+    return text
+
+
+def redact(params: dict[str, Any]) -> dict[str, Any]:
+    """Drop secret-looking keys and mask secret-looking values."""
+    out = {}
+    for k, v in params.items():
+        if _SECRET_KEY.search(str(k)):
+            continue
+        out[k] = redact_text(v) if isinstance(v, str) else v
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def run(
+    experiment: str,
+    run_name: str | None = None,
+    *,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+    tracking_uri: str | None = None,
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
+    system_metrics: bool = False,
+) -> Iterator[str]:
+    """Start (or resume, with run_id) a run; yields its id. Ends FAILED if the body raises."""
+    configure(tracking_uri)
+    mlflow.set_experiment(experiment)
+    all_tags = {"git_commit": git_commit(), **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    active = mlflow.start_run(
+        run_id=run_id, run_name=None if run_id else run_name, tags=redact(all_tags),
+        log_system_metrics=system_metrics,
+    )
+    rid = active.info.run_id
+    try:
+        if params:
+            log_params(params)
+        yield rid
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
+    clean = {k: ("" if v is None else str(v))[:6000] for k, v in redact(params).items()}
+    if run_id:
+        client = MlflowClient()
+        for k, v in clean.items():
+            client.log_param(run_id, k, v)
+    else:
+        mlflow.log_params(clean)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
+    clean = {k: float(v) for k, v in metrics.items() if v is not None and v == v}
+    if run_id:
+        client = MlflowClient()
+        for k, v in clean.items():
+            client.log_metric(run_id, k, v, step=step or 0)
+    else:
+        mlflow.log_metrics(clean, step=step)
+
+
+def set_tags(tags: dict[str, str], run_id: str | None = None) -> None:
+    clean = redact(tags)
+    if run_id:
+        client = MlflowClient()
+        for k, v in clean.items():
+            client.set_tag(run_id, k, v)
+    else:
+        mlflow.set_tags(clean)
+
+
+def log_artifact(path: str | os.PathLike, artifact_path: str | None = None, run_id: str | None = None) -> None:
+    if run_id:
+        MlflowClient().log_artifact(run_id, str(path), artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_artifacts(path: str | os.PathLike, artifact_path: str | None = None, run_id: str | None = None) -> None:
+    if run_id:
+        MlflowClient().log_artifacts(run_id, str(path), artifact_path)
+    else:
+        mlflow.log_artifacts(str(path), artifact_path)
+
+
+def log_text(text: str, artifact_file: str, run_id: str | None = None) -> None:
+    text = redact_text(text)
+    if run_id:
+        MlflowClient().log_text(run_id, text, artifact_file)
+    else:
+        mlflow.log_text(text, artifact_file)
+
+
+def end_active_run(status: str = "FINISHED") -> None:
+    if mlflow.active_run() is not None:
+        mlflow.end_run(status=status)
+
+
+# ------------------------------------------------------------------------------------- reading
+def get_run(run_id: str, tracking_uri: str | None = None):
+    configure(tracking_uri)
+    return MlflowClient().get_run(run_id)
+
+
+def search_runs(experiment: str | list[str] | None = None, filter_string: str = "",
+                tracking_uri: str | None = None):
+    """Runs as a pandas DataFrame (params.*, metrics.*, tags.* columns); all experiments if None."""
+    configure(tracking_uri)
+    if experiment is None:
+        names = None
+        exp_ids = [e.experiment_id for e in MlflowClient().search_experiments()]
+        return mlflow.search_runs(experiment_ids=exp_ids, filter_string=filter_string)
+    names = [experiment] if isinstance(experiment, str) else experiment
+    return mlflow.search_runs(experiment_names=names, filter_string=filter_string)
+
+
+def list_experiments(tracking_uri: str | None = None) -> list[str]:
+    configure(tracking_uri)
+    return [e.name for e in MlflowClient().search_experiments()]
+
+
+def metric_history(run_id: str, key: str, tracking_uri: str | None = None) -> list[tuple[int, float]]:
+    configure(tracking_uri)
+    return [(m.step, m.value) for m in MlflowClient().get_metric_history(run_id, key)]
+
+
+def download_artifacts(run_id: str, artifact_path: str = "", dst: str | None = None,
+                       tracking_uri: str | None = None) -> str:
+    configure(tracking_uri)
+    dst = dst or tempfile.mkdtemp(prefix="instructedit-artifacts-")
+    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst)
+
+
+def list_artifacts(run_id: str, path: str = "", tracking_uri: str | None = None) -> list[str]:
+    configure(tracking_uri)
+    return [a.path for a in MlflowClient().list_artifacts(run_id, path)]
+
+
+def run_url(run_id: str, experiment_id: str | None = None, ui: str = "http://127.0.0.1:5000") -> str:
+    exp = experiment_id or get_run(run_id).info.experiment_id
+    return f"{ui}/#/experiments/{exp}/runs/{run_id}"
+
+
+def ui_command(tracking_uri: str | None = None, port: int = 5000) -> list[str]:
+    uri = resolve_tracking_uri(tracking_uri)
+    return ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1"]
