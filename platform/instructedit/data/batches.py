@@ -1,0 +1,92 @@
+"""Records -> token tensors.
+
+A `TokenBatch` holds rows of (prompt, answer) pairs, right-padded, with the positions whose logits
+predict each answer token. Every row belongs to one edit (`row_edit`), so a batch of B independent
+edits can carry any number of probe rows per edit (rephrases, locality prompts, sentiment
+sentences) and the editor applies edit `row_edit[r]` to row r.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class TokenBatch:
+    input_ids: torch.Tensor  # (N, L)
+    attention_mask: torch.Tensor  # (N, L)
+    answer_mask: torch.Tensor  # (N, L) bool: logits at t predict an answer token (input_ids[t+1])
+    answer_ids: torch.Tensor  # (N, L) the token predicted at t (0 where answer_mask is False)
+    row_edit: torch.Tensor  # (N,) index of the edit this row belongs to
+    row_probe: torch.Tensor  # (N,) index of the probe within the batch (alias rows share a probe)
+    meta: list[dict] = field(default_factory=list)  # per row: kind, case_id, ...
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def to(self, device) -> TokenBatch:
+        return TokenBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.answer_mask.to(device),
+            self.answer_ids.to(device), self.row_edit.to(device), self.row_probe.to(device), self.meta,
+        )
+
+    def select(self, rows: torch.Tensor | list[int]) -> TokenBatch:
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        keep = self.attention_mask[idx].sum(0) > 0
+        width = int(keep.nonzero().max()) + 1 if keep.any() else 1
+        return TokenBatch(
+            self.input_ids[idx, :width], self.attention_mask[idx, :width], self.answer_mask[idx, :width],
+            self.answer_ids[idx, :width], self.row_edit[idx], self.row_probe[idx],
+            [self.meta[i] for i in idx.tolist()] if self.meta else [],
+        )
+
+
+def _encode(tokenizer, text: str, special: bool) -> list[int]:
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
+def encode_pairs(
+    tokenizer,
+    prompts: list[str],
+    answers: list[str],
+    row_edit: list[int],
+    row_probe: list[int] | None = None,
+    meta: list[dict] | None = None,
+    max_length: int = 128,
+) -> TokenBatch:
+    """Tokenise prompt and answer apart (the answer with a leading space) so the answer tokens are
+    exact whatever the tokenizer merges; an over-long prompt is cut from the left."""
+    rows = []
+    for prompt, answer in zip(prompts, answers):
+        p = _encode(tokenizer, prompt, special=True)
+        a = _encode(tokenizer, " " + answer.strip(), special=False) if answer.strip() else []
+        if not a:
+            raise ValueError(f"empty answer for prompt {prompt[:60]!r}")
+        a = a[: max(1, max_length - 1)]
+        p = p[-(max_length - len(a)):] if len(p) + len(a) > max_length else p
+        if not p:  # the model needs at least one token to predict the first answer token from
+            p = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        rows.append((p, a))
+    n = len(rows)
+    width = max(len(p) + len(a) for p, a in rows) if rows else 1
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((n, width), pad, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    answer_mask = torch.zeros((n, width), dtype=torch.bool)
+    answer_ids = torch.zeros((n, width), dtype=torch.long)
+    for r, (p, a) in enumerate(rows):
+        ids = p + a
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        attention[r, : len(ids)] = 1
+        # logits at position t predict token t+1: answer token j sits at len(p)+j, predicted at len(p)+j-1
+        pos = torch.arange(len(p) - 1, len(p) - 1 + len(a))
+        answer_mask[r, pos] = True
+        answer_ids[r, pos] = torch.tensor(a)
+    return TokenBatch(
+        input_ids, attention, answer_mask, answer_ids,
+        torch.tensor(row_edit, dtype=torch.long),
+        torch.tensor(row_probe if row_probe is not None else list(range(n)), dtype=torch.long),
+        meta or [{} for _ in range(n)],
+    )
