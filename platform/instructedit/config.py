@@ -129,7 +129,7 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 100
     val_size: int = 64  # val records per task
-    early_stop_metric: str = "val/edit_success"  # higher is better
+    early_stop_metric: str = "val/score"  # higher is better; score = mean(edit_success, locality)
     early_stop_patience: int = 5  # validations without improvement
     seed: int = 0
     num_workers: int = 1

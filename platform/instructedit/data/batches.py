@@ -90,3 +90,76 @@ def encode_pairs(
         torch.tensor(row_probe if row_probe is not None else list(range(n)), dtype=torch.long),
         meta or [{} for _ in range(n)],
     )
+
+
+# ------------------------------------------------------------------------- records -> batches
+def instructed(record, prompt: str) -> str:
+    """A probe prompt with the record's instruction (rephrase/portability); plain if it has none."""
+    if not record.instruction:
+        return prompt
+    from ..config import load_task
+    from .instructions import apply_template
+
+    return apply_template(load_task(record.task), record.instruction, prompt)
+
+
+def edit_batch(records, tokenizer, max_length: int = 128) -> TokenBatch:
+    """Row e = edit e: the instruction-tagged edit input followed by the new target."""
+    return encode_pairs(
+        tokenizer, [r.edit_input or r.prompt for r in records], [r.target_new for r in records],
+        row_edit=list(range(len(records))),
+        meta=[{"kind": "edit", "case_id": r.case_id, "task": r.task} for r in records],
+        max_length=max_length,
+    )
+
+
+def probe_batch(records, tokenizer, kind: str, max_length: int = 128, limit: int | None = None,
+                all_aliases: bool = True, pick: int | None = None) -> TokenBatch | None:
+    """Rows for one probe kind of every record, each row tied to its record's edit.
+
+    kind: rephrase (instructed, answer = target_new), locality (never instructed; first alias,
+    since locality compares pre and post predictions), portability (instructed; one row per
+    alias, a probe counts as correct if any alias is), sentiment (the edit input followed by each
+    good and bad sentence; meta["good"] tells which). `limit` caps probes per record; `pick`
+    selects one probe per record by index (mod count), for training batches.
+    """
+    prompts, answers, row_edit, row_probe, meta = [], [], [], [], []
+    probe_id = 0
+    for e, r in enumerate(records):
+        items: list[tuple[str, list[str], dict]] = []
+        if kind == "rephrase":
+            items = [(instructed(r, p), [r.target_new], {}) for p in r.rephrase_prompts]
+        elif kind == "locality":
+            items = [(p.prompt, p.answer[:1], {"probe_kind": p.kind}) for p in r.locality]
+        elif kind == "portability":
+            items = [(instructed(r, p.prompt), p.answer if all_aliases else p.answer[:1],
+                      {"probe_kind": p.kind}) for p in r.portability]
+        elif kind == "sentiment":
+            if r.sentiment is not None:
+                prompt = r.edit_input or r.prompt
+                items = [(prompt, [s], {"good": True}) for s in r.sentiment.good] + \
+                        [(prompt, [s], {"good": False}) for s in r.sentiment.bad]
+        else:
+            raise ValueError(f"unknown probe kind {kind!r}")
+        items = [it for it in items if any(a.strip() for a in it[1])]
+        if pick is not None and items:
+            items = [items[pick % len(items)]]
+        if limit is not None and kind != "sentiment":
+            items = items[:limit]
+        if kind == "sentiment" and limit is not None:
+            good = [it for it in items if it[2]["good"]][:limit]
+            bad = [it for it in items if not it[2]["good"]][:limit]
+            items = good + bad
+        for prompt, alias_list, m in items:
+            for a in alias_list:
+                if not a.strip():
+                    continue
+                prompts.append(prompt)
+                answers.append(a)
+                row_edit.append(e)
+                row_probe.append(probe_id)
+                meta.append({"kind": kind, "case_id": r.case_id, "task": r.task, **m})
+            probe_id += 1
+    if not prompts:
+        return None
+    return encode_pairs(tokenizer, prompts, answers, row_edit, row_probe, meta, max_length)

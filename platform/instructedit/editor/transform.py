@@ -9,6 +9,7 @@ low-rank residual blocks whose up-projection starts at zero, so a fresh net is t
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -26,11 +27,18 @@ class RunningNorm(nn.Module):
     def update(self, mode: int, x: torch.Tensor) -> None:
         # Chan et al. parallel update: merge the batch's moments into the running ones.
         x = x.detach().to(torch.float64)
-        n_b = x.shape[0]
+        n_b = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
+        s1, s2 = x.sum(0), (x * x).sum(0)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Data-parallel workers merge their batch moments so every replica keeps the same
+            # statistics as one worker seeing the whole global batch.
+            packed = torch.cat([n_b[None], s1, s2])
+            dist.all_reduce(packed)
+            n_b, s1, s2 = packed[0], packed[1 : 1 + x.shape[1]], packed[1 + x.shape[1]:]
         if n_b == 0:
             return
-        mean_b = x.mean(0)
-        m2_b = ((x - mean_b) ** 2).sum(0)
+        mean_b = s1 / n_b
+        m2_b = (s2 - n_b * mean_b**2).clamp(min=0)
         n_a = self.count[mode]
         n = n_a + n_b
         delta = mean_b - self.mean[mode]
