@@ -1,0 +1,233 @@
+"""The paper's tables from the tidy run table (analysis.runs): Table 3 and Table 1 shapes.
+
+Values are shown x100 with two decimals (docs/conventions.md), the best value of each column marked:
+bold in Markdown and HTML, a trailing `*` in CSV. `dd` (a KL) is lower-is-better; every other metric
+is higher-is-better. Baseline rows (Pre-edit) are shown but never marked best.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .runs import higher_is_better, split_tasks
+
+METHODS = ("Pre-edit", "FT-L", "MEND (single-task)", "MEND (multi-task)", "InstructEdit")
+BASELINES = ("Pre-edit",)
+METRICS = ("reliability", "generalization", "locality", "portability", "es", "dd")
+TASK_ORDER = ("counterfact", "recent", "convsent", "zsre")
+HOLD_OUT = ("zsre",)
+SCALE = 100.0
+MISSING = "–"
+
+
+def order_tasks(tasks, hold_out=HOLD_OUT) -> list[str]:
+    """Known tasks in the paper's order, others alphabetically, hold-out tasks last."""
+    tasks = list(dict.fromkeys(tasks))
+    rank = {t: i for i, t in enumerate(TASK_ORDER)}
+    return sorted(tasks, key=lambda t: (t in hold_out, rank.get(t, len(rank)), t))
+
+
+def order_metrics(metrics, preferred=METRICS) -> list[str]:
+    rank = {m: i for i, m in enumerate(preferred)}
+    return sorted(dict.fromkeys(metrics), key=lambda m: (rank.get(m, len(rank)), m))
+
+
+@dataclass
+class Table:
+    """Raw values (fractions; rows x MultiIndex(task, metric) columns) and how to show them."""
+
+    title: str
+    values: pd.DataFrame
+    row_label: str = "Method"
+    baselines: tuple[str, ...] = BASELINES
+    hold_out: tuple[str, ...] = HOLD_OUT
+    note: str = ""
+    run_ids: dict = field(default_factory=dict)  # (row, task, metric) -> [run ids] behind the cell
+
+    @property
+    def empty(self) -> bool:
+        return self.values.empty or bool(self.values.isna().all().all())
+
+    def best(self) -> pd.DataFrame:
+        """True where a cell is the best of its column (ties all marked; baselines never)."""
+        mask = pd.DataFrame(False, index=self.values.index, columns=self.values.columns)
+        contenders = [r for r in self.values.index if r not in self.baselines]
+        for col in self.values.columns:
+            vals = self.values.loc[contenders, col].dropna()
+            if len(vals) < 1:
+                continue
+            target = vals.max() if higher_is_better(col[1]) else vals.min()
+            for r in vals.index:
+                if math.isclose(vals[r], target, rel_tol=0, abs_tol=1e-12):
+                    mask.loc[r, col] = True
+        return mask
+
+    def formatted(self) -> pd.DataFrame:
+        return self.values.apply(lambda s: s.map(lambda v: MISSING if pd.isna(v) else f"{v * SCALE:.2f}"))
+
+    def column_names(self) -> list[str]:
+        return [f"{t}/{m}" for t, m in self.values.columns]
+
+    # ------------------------------------------------------------------------------- renderings
+    def to_markdown(self) -> str:
+        cells, best = self.formatted(), self.best()
+        header = [self.row_label] + self.column_names()
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(cells.columns)) + "|"]
+        for r in cells.index:
+            row = [str(r)] + [f"**{cells.loc[r, c]}**" if best.loc[r, c] else cells.loc[r, c]
+                              for c in cells.columns]
+            lines.append("| " + " | ".join(row) + " |")
+        out = f"**{self.title}** (x100; best per column in bold)\n\n" + "\n".join(lines) + "\n"
+        if self.note:
+            out += f"\n{self.note}\n"
+        return out
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        cells, best = self.formatted(), self.best()
+        marked = cells.copy()
+        for c in cells.columns:
+            marked[c] = [v + "*" if b else v for v, b in zip(cells[c], best[c])]
+        marked.columns = self.column_names()
+        marked.index.name = self.row_label
+        text = marked.to_csv()
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def to_html(self, links: dict[str, str] | None = None) -> str:
+        """A <table> with a two-level header (task, metric); `links` maps a row label to a URL."""
+        cells, best = self.formatted(), self.best()
+        tasks = list(dict.fromkeys(t for t, _ in cells.columns))
+        e = html.escape
+        head1 = [f'<th rowspan="2">{e(self.row_label)}</th>']
+        for t in tasks:
+            span = sum(1 for tt, _ in cells.columns if tt == t)
+            label = f"{t} (hold-out)" if t in self.hold_out else t
+            head1.append(f'<th colspan="{span}">{e(label)}</th>')
+        head2 = [f"<th>{e(m)}{' ↓' if not higher_is_better(m) else ''}</th>" for _, m in cells.columns]
+        body = []
+        for r in cells.index:
+            name = e(str(r))
+            if links and r in links:
+                name = f'<a href="{e(links[r])}">{name}</a>'
+            tds = []
+            for c in cells.columns:
+                v = e(cells.loc[r, c])
+                tds.append(f'<td class="best"><b>{v}</b></td>' if best.loc[r, c] else f"<td>{v}</td>")
+            body.append(f"<tr><th>{name}</th>{''.join(tds)}</tr>")
+        return (
+            f'<table class="results"><caption>{e(self.title)} (x100; best per column in bold)</caption>'
+            f"<thead><tr>{''.join(head1)}</tr><tr>{''.join(head2)}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>"
+        )
+
+    def save(self, out_dir: str | Path, stem: str) -> dict[str, Path]:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {"md": out_dir / f"{stem}.md", "csv": out_dir / f"{stem}.csv", "html": out_dir / f"{stem}.html"}
+        paths["md"].write_text(self.to_markdown())
+        self.to_csv(paths["csv"])
+        paths["html"].write_text(self.to_html())
+        return paths
+
+
+# ------------------------------------------------------------------------------------ selection
+def _prefer(rows: pd.DataFrame, *conditions) -> pd.DataFrame:
+    """Narrow `rows` by each condition in turn, skipping a condition that would leave nothing."""
+    for cond in conditions:
+        narrowed = rows[cond(rows)]
+        if not narrowed.empty:
+            rows = narrowed
+    return rows
+
+
+def _eval_rows(tidy: pd.DataFrame, split: str) -> pd.DataFrame:
+    rows = tidy[(tidy["split"] == split) & (tidy["task"] != "avg") & (tidy["task"] != "")]
+    return rows[~rows["kind"].isin(["report", "optimize"])]
+
+
+def _cell_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Which of several runs reporting the same cell count: evaluation runs over training runs, runs
+    outside studies over study trials, seen (or no) instructions over unseen ones."""
+    return _prefer(
+        rows,
+        lambda r: r["kind"] == "eval",
+        lambda r: r["study"] == "",
+        lambda r: r["instruction_setting"] != "unseen",
+    )
+
+
+def _pivot(cells: dict, rows: list, tasks: list, metrics_by_task: dict) -> pd.DataFrame:
+    cols = pd.MultiIndex.from_tuples([(t, m) for t in tasks for m in metrics_by_task[t]], names=["task", "metric"])
+    df = pd.DataFrame(float("nan"), index=pd.Index(rows), columns=cols)
+    for (r, t, m), v in cells.items():
+        if (t, m) in df.columns and r in df.index:
+            df.loc[r, (t, m)] = v
+    return df
+
+
+def _columns(rows: pd.DataFrame, tasks, metrics, hold_out):
+    present = rows[rows["metric"].isin(metrics)]
+    tasks = order_tasks(tasks if tasks else present["task"].unique(), hold_out)
+    metrics_by_task = {
+        t: order_metrics(present.loc[present["task"] == t, "metric"].unique(), metrics) for t in tasks
+    }
+    tasks = [t for t in tasks if metrics_by_task[t]]
+    return tasks, metrics_by_task
+
+
+def table3(tidy: pd.DataFrame, split: str = "test", tasks=None, metrics=METRICS, methods=METHODS,
+           hold_out=HOLD_OUT) -> Table:
+    """Multi-task setting + hold-out task: rows = methods (the `method` tag), columns = task x metric.
+
+    A cell averages the runs of that method reporting `<split>/<task>/<metric>` (see _cell_rows). For
+    MEND (single-task) a cell prefers the editor trained on that very task.
+    """
+    rows = _eval_rows(tidy, split)
+    rows = rows[rows["method"].isin(methods)]
+    tasks, metrics_by_task = _columns(rows, tasks, metrics, hold_out)
+    cells, run_ids = {}, {}
+    for (method, task, metric), g in rows.groupby(["method", "task", "metric"], sort=False):
+        if task not in metrics_by_task or metric not in metrics_by_task[task]:
+            continue
+        if method == "MEND (single-task)":
+            g = _prefer(g, lambda r, t=task: r["tasks"].map(split_tasks).map(lambda ts: ts == [t]))
+        g = _cell_rows(g)
+        cells[(method, task, metric)] = float(g["value"].mean())
+        run_ids[(method, task, metric)] = sorted(g["run_id"].unique())
+    present = [m for m in methods if any(k[0] == m for k in cells)]
+    values = _pivot(cells, present, tasks, metrics_by_task)
+    return Table(
+        title=f"Table 3 shape: multi-task setting and hold-out task ({split})",
+        values=values, row_label="Method", hold_out=tuple(hold_out), run_ids=run_ids,
+        note="Hold-out tasks are never trained on. Values are means over the runs behind each cell.",
+    )
+
+
+def table1(tidy: pd.DataFrame, split: str = "test", tasks=None,
+           metrics=("reliability", "generalization", "es"), hold_out=HOLD_OUT) -> Table:
+    """Single-task editors (rows: the task each was trained on) applied to every task (columns)."""
+    rows = _eval_rows(tidy, split)
+    rows = rows[(rows["mode"] == "single-task") & (rows["n_train_tasks"] == 1)]
+    tasks, metrics_by_task = _columns(rows, tasks, metrics, hold_out)
+    cells, run_ids = {}, {}
+    for (train_task, task, metric), g in rows.groupby(["tasks", "task", "metric"], sort=False):
+        if task not in metrics_by_task or metric not in metrics_by_task[task]:
+            continue
+        g = _cell_rows(g)
+        label = f"trained on {train_task}"
+        cells[(label, task, metric)] = float(g["value"].mean())
+        run_ids[(label, task, metric)] = sorted(g["run_id"].unique())
+    train_tasks = order_tasks(rows["tasks"].unique(), hold_out)
+    present = [f"trained on {t}" for t in train_tasks if any(k[0] == f"trained on {t}" for k in cells)]
+    values = _pivot(cells, present, tasks, metrics_by_task)
+    return Table(
+        title=f"Table 1 shape: single-task editors applied to other tasks ({split})",
+        values=values, row_label="Editor", baselines=(), hold_out=tuple(hold_out), run_ids=run_ids,
+        note="Each row is a MEND editor trained on one task; the diagonal is in-distribution.",
+    )

@@ -1,0 +1,141 @@
+"""Synthetic but realistic tracked runs: the tags and metric names of docs/conventions.md, the numbers
+shaped like the paper's (InstructEdit > multi-task MEND > single-task off-task, ...).
+
+Used by the analysis unit tests and tests/integration/test_report.py (loaded by file path).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from instructedit import tracking
+
+TRAIN = ("counterfact", "recent", "convsent")
+HOLD_OUT = "zsre"
+FACT_METRICS = ("reliability", "generalization", "locality", "portability", "portability/reasoning")
+
+
+def _task_metrics(task: str, level: float, rng, split: str = "test") -> dict[str, float]:
+    """Metrics of one test task at a quality `level` in [0, 1]."""
+    jitter = lambda: float(rng.uniform(-0.02, 0.02))  # noqa: E731
+    if task == "convsent":
+        return {f"{split}/convsent/es": min(1.0, max(0.0, level + jitter())),
+                f"{split}/convsent/dd": max(0.0, 0.02 + 0.1 * (1 - level) + jitter() / 10)}
+    vals = {
+        "reliability": level,
+        "generalization": 0.9 * level,
+        "locality": 1.0 - 0.2 * level,
+        "portability": 0.4 * level,
+        "portability/reasoning": 0.35 * level,
+    }
+    return {f"{split}/{task}/{k}": min(1.0, max(0.0, v + jitter())) for k, v in vals.items()}
+
+
+def _tags(kind: str, mode: str, method: str, tasks, **extra) -> dict[str, str]:
+    tags = {"kind": kind, "mode": mode, "method": method, "tasks": ",".join(tasks),
+            "dataset_hash": "d41d8cd9", **extra}
+    return {k: str(v) for k, v in tags.items()}
+
+
+def _eval(experiment: str, name: str, mode: str, method: str, tasks, levels: dict[str, float], rng,
+          setting: str = "seen", uri: str | None = None, **extra) -> str:
+    metrics = {}
+    for task, level in levels.items():
+        metrics.update(_task_metrics(task, level, rng))
+    rel = [v for k, v in metrics.items() if k.endswith("/reliability") or k.endswith("/es")]
+    metrics["test/avg/reliability"] = float(np.mean(rel))
+    tags = _tags("eval", mode, method, tasks, instruction_setting=setting, **extra)
+    with tracking.run(experiment, name, tags=tags, params={"eval.split": "test", "data.tasks": ",".join(tasks)},
+                      tracking_uri=uri) as rid:
+        tracking.log_metrics(metrics)
+    return rid
+
+
+def _train(experiment: str, name: str, mode: str, method: str, tasks, rng, setting: str,
+           uri: str | None = None) -> str:
+    params = {"train.batch_size": 8, "train.max_steps": 30, "editor.rank": 1920, "data.tasks": ",".join(tasks),
+              "data.instruction_setting": setting, "mode": mode}
+    with tracking.run(experiment, name, tags=_tags("train", mode, method, tasks, instruction_setting=setting),
+                      params=params, tracking_uri=uri) as rid:
+        for step in range(0, 30, 10):
+            tracking.log_metrics({"loss/total": 3.0 / (step + 1), "loss/edit": 2.0 / (step + 1),
+                                  "loss/loc": 0.1, "train/edit_success": step / 30, "lr/edit_mean": 1e-4},
+                                 step=step)
+        val = {}
+        for t in tasks:
+            val.update(_task_metrics(t, 0.7, rng, split="val"))
+        val["val/edit_success"] = 0.7
+        val["val/reliability"] = 0.7
+        tracking.log_metrics(val, step=30)
+    return rid
+
+
+def build(experiment: str = "synthetic", uri: str | None = None, seed: int = 0) -> dict[str, list[str]]:
+    """Make every kind of run the report reads; returns run ids by group."""
+    rng = np.random.default_rng(seed)
+    everything = (*TRAIN, HOLD_OUT)
+    ids: dict[str, list[str]] = {}
+    ids["pre"] = [_eval(experiment, "pre-edit", "pre-edit", "Pre-edit", TRAIN,
+                        {t: 0.05 for t in everything}, rng, setting="none", uri=uri)]
+    ids["ftl"] = [_eval(experiment, "ft-l", "ft-l", "FT-L", TRAIN,
+                        {t: 0.4 for t in everything}, rng, setting="none", uri=uri)]
+    ids["single"] = []
+    for t in TRAIN:
+        _train(experiment, f"mend-{t}", "single-task", "MEND (single-task)", [t], rng, "none", uri=uri)
+        levels = {u: (0.8 if u == t else 0.15) for u in everything}
+        ids["single"].append(_eval(experiment, f"mend-{t}-eval", "single-task", "MEND (single-task)", [t],
+                                   levels, rng, setting="none", uri=uri))
+    _train(experiment, "mend-multi", "multi-task", "MEND (multi-task)", TRAIN, rng, "none", uri=uri)
+    ids["multi"] = [_eval(experiment, "mend-multi-eval", "multi-task", "MEND (multi-task)", TRAIN,
+                          {t: 0.6 for t in everything}, rng, setting="none", uri=uri)]
+    _train(experiment, "instructedit", "instructedit", "InstructEdit", TRAIN, rng, "seen", uri=uri)
+    ids["instructedit"] = [
+        _eval(experiment, "instructedit-seen", "instructedit", "InstructEdit", TRAIN,
+              {**{t: 0.85 for t in TRAIN}, HOLD_OUT: 0.75}, rng, setting="seen", uri=uri),
+        _eval(experiment, "instructedit-unseen", "instructedit", "InstructEdit", TRAIN,
+              {**{t: 0.8 for t in TRAIN}, HOLD_OUT: 0.7}, rng, setting="unseen", uri=uri),
+    ]
+    # Task scaling study: Recent -> +CounterFact -> +ConvSent, ZsRE held out.
+    ids["scaling"] = []
+    with tracking.run(experiment, "task-scaling", tags=_tags("study", "instructedit", "InstructEdit", TRAIN,
+                                                             study="task_scaling"), tracking_uri=uri) as parent:
+        pass
+    for i, zsre in enumerate((0.06, 0.45, 0.82)):
+        tasks = ("recent", "counterfact", "convsent")[: i + 1]
+        levels = {t: 0.8 for t in tasks} | {HOLD_OUT: zsre}
+        metrics = {}
+        for t, lv in levels.items():
+            metrics.update(_task_metrics(t, lv, rng))
+        tags = _tags("trial", "instructedit", "InstructEdit", tasks, study="task_scaling",
+                     instruction_setting="seen")
+        with tracking.run(experiment, f"scaling-{i + 1}", tags=tags, parent_run_id=parent,
+                          params={"data.tasks": ",".join(tasks), "train.max_steps": 30}, tracking_uri=uri) as rid:
+            tracking.log_metrics(metrics)
+        ids["scaling"].append(rid)
+    # ConvSent balancing study.
+    ids["balance"] = []
+    for balance, es in (("balanced", 0.8), ("full", 0.9)):
+        levels = {"counterfact": 0.85 if balance == "balanced" else 0.6, "recent": 0.8, "convsent": es}
+        metrics = {}
+        for t, lv in levels.items():
+            metrics.update(_task_metrics(t, lv, rng))
+        tags = _tags("trial", "instructedit", "InstructEdit", TRAIN, study="convsent_balance",
+                     instruction_setting="seen", balance=balance)
+        with tracking.run(experiment, f"balance-{balance}", tags=tags, tracking_uri=uri,
+                          params={"tasks.convsent.balance_to": 1427 if balance == "balanced" else None}) as rid:
+            tracking.log_metrics(metrics)
+        ids["balance"].append(rid)
+    return ids
+
+
+def gradient_clusters(n_per_task: int = 30, dim: int = 64, seed: int = 0,
+                      tasks=("counterfact", "recent", "convsent", "zsre"), spread: float = 4.0):
+    """Gaussian clusters, one per task, around orthogonal-ish centres: PCA should separate them."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(tasks), dim))
+    centres = spread * centres / np.linalg.norm(centres, axis=1, keepdims=True) * np.sqrt(dim) / 4
+    xs, labels = [], []
+    for c, t in zip(centres, tasks):
+        xs.append(c + rng.normal(scale=1.0, size=(n_per_task, dim)))
+        labels += [t] * n_per_task
+    return np.concatenate(xs).astype(np.float32), labels
