@@ -55,7 +55,7 @@ def _bound(text: str, max_chars: int) -> tuple[str, bool]:
         return text, False
     cut = text[:max_chars]
     end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "), cut.rfind("."))
-    if end >= max_chars // 3:
+    if end >= max_chars // 4:
         return cut[: end + 1].strip(), True
     return cut.rsplit(" ", 1)[0].rstrip(",;:- ") + ".", True
 

@@ -14,6 +14,7 @@ evaluation and studies select with `data.instruction_set`.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -337,8 +338,9 @@ def save_optimized_set(name: str, task: TaskConfig, chosen: list[Candidate],
     except ConfigError:
         previous = {"tasks": {}}
     version = int(previous.get("version", 0) or 0) + 1
-    entries = [{"id": f"opt-v{version}-{k:02d}", "text": c.text, "unseen": False, "score": c.score}
-               for k, c in enumerate(chosen, 1)]
+    # Ids come from the text: the same instruction keeps its id across versions and reruns.
+    entries = [{"id": f"opt-{hashlib.sha256(c.text.encode()).hexdigest()[:8]}", "text": c.text, "unseen": False,
+                "score": c.score} for c in chosen]
     entries += [{"id": i.id, "text": i.text, "unseen": True} for i in task.unseen_pool]
     tasks = {t: v for t, v in previous.get("tasks", {}).items() if t != task.name}
     tasks[task.name] = entries
