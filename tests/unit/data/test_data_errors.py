@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from instructedit.config import ConfigError, load_task
 from instructedit.data.instructions import tag
 from instructedit.data.readers import DataError, read_source

@@ -3,7 +3,6 @@
 import collections
 
 import pytest
-
 from instructedit.config import Instruction, load_task, replace
 from instructedit.data.instructions import apply_template, choose_instruction, fill_slots, tag
 from instructedit.data.record import EditRecord, Probe, Sentiment

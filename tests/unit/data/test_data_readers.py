@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from instructedit.config import load_task
 from instructedit.data.readers import (
     LABELS,

@@ -1,7 +1,6 @@
 """Contract over every shipped task YAML (like lm-evaluation-harness: one YAML per task)."""
 
 import pytest
-
 from instructedit.config import list_registry, load_task
 from instructedit.data.readers import READERS
 
