@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from .pca import centroid_accuracy, pca
 from .runs import split_tasks
-from .tables import SCALE, order_tasks
+from .tables import SCALE, order_tasks, prefer
 
 PRIMARY = ("reliability", "es")  # the edit-success metric of each kind of task
 
@@ -158,6 +158,8 @@ def instruction_data(tidy: pd.DataFrame, split: str = "test",
     rows = _test_rows(tidy, split)
     rows = rows[rows["instruction_setting"].isin(["seen", "unseen"]) & rows["metric"].isin(metrics)]
     rows = rows[rows["mode"].isin(["instructedit", ""])]
+    # The same editor under both settings: evaluation runs outside studies when there are any.
+    rows = prefer(rows, lambda r: r["kind"] == "eval", lambda r: r["study"] == "")
     if rows.empty:
         return pd.DataFrame()
     rows = rows.assign(label=rows["task"] + "/" + rows["metric"])

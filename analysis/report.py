@@ -32,7 +32,7 @@ th{background:#f4f4f4}tbody th{text-align:left;font-weight:normal}
 td.best{background:#e8f5e9}caption{caption-side:top;text-align:left;font-weight:bold;padding:.3em 0}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.9em;color:#555}.note{color:#777;font-style:italic}
-table.runs td{text-align:left}code{background:#f4f4f4;padding:0 .2em}
+table.runs td{text-align:left}.scroll{overflow-x:auto}code{background:#f4f4f4;padding:0 .2em}
 """
 
 
@@ -102,7 +102,7 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
             continue
         paths = t.save(out_dir / "tables", stem)
         rep.tables[stem] = paths["html"]
-        body.append(t.to_html())
+        body.append(f'<div class="scroll">{t.to_html()}</div>')
         if t.note:
             body.append(f'<p class="note">{html.escape(t.note)}</p>')
 

@@ -137,7 +137,7 @@ class Table:
 
 
 # ------------------------------------------------------------------------------------ selection
-def _prefer(rows: pd.DataFrame, *conditions) -> pd.DataFrame:
+def prefer(rows: pd.DataFrame, *conditions) -> pd.DataFrame:
     """Narrow `rows` by each condition in turn, skipping a condition that would leave nothing."""
     for cond in conditions:
         narrowed = rows[cond(rows)]
@@ -154,7 +154,7 @@ def _eval_rows(tidy: pd.DataFrame, split: str) -> pd.DataFrame:
 def _cell_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """Which of several runs reporting the same cell count: evaluation runs over training runs, runs
     outside studies over study trials, seen (or no) instructions over unseen ones."""
-    return _prefer(
+    return prefer(
         rows,
         lambda r: r["kind"] == "eval",
         lambda r: r["study"] == "",
@@ -196,7 +196,7 @@ def table3(tidy: pd.DataFrame, split: str = "test", tasks=None, metrics=METRICS,
         if task not in metrics_by_task or metric not in metrics_by_task[task]:
             continue
         if method == "MEND (single-task)":
-            g = _prefer(g, lambda r, t=task: r["tasks"].map(split_tasks).map(lambda ts: ts == [t]))
+            g = prefer(g, lambda r, t=task: r["tasks"].map(split_tasks).map(lambda ts: ts == [t]))
         g = _cell_rows(g)
         cells[(method, task, metric)] = float(g["value"].mean())
         run_ids[(method, task, metric)] = sorted(g["run_id"].unique())

@@ -7,7 +7,6 @@ Used by the analysis unit tests and tests/integration/test_report.py (loaded by 
 from __future__ import annotations
 
 import numpy as np
-
 from instructedit import tracking
 
 TRAIN = ("counterfact", "recent", "convsent")
@@ -17,7 +16,7 @@ FACT_METRICS = ("reliability", "generalization", "locality", "portability", "por
 
 def _task_metrics(task: str, level: float, rng, split: str = "test") -> dict[str, float]:
     """Metrics of one test task at a quality `level` in [0, 1]."""
-    jitter = lambda: float(rng.uniform(-0.02, 0.02))  # noqa: E731
+    jitter = lambda: float(rng.uniform(-0.02, 0.02))
     if task == "convsent":
         return {f"{split}/convsent/es": min(1.0, max(0.0, level + jitter())),
                 f"{split}/convsent/dd": max(0.0, 0.02 + 0.1 * (1 - level) + jitter() / 10)}
@@ -42,7 +41,7 @@ def _eval(experiment: str, name: str, mode: str, method: str, tasks, levels: dic
     metrics = {}
     for task, level in levels.items():
         metrics.update(_task_metrics(task, level, rng))
-    rel = [v for k, v in metrics.items() if k.endswith("/reliability") or k.endswith("/es")]
+    rel = [v for k, v in metrics.items() if k.endswith(("/reliability", "/es"))]
     metrics["test/avg/reliability"] = float(np.mean(rel))
     tags = _tags("eval", mode, method, tasks, instruction_setting=setting, **extra)
     with tracking.run(experiment, name, tags=tags, params={"eval.split": "test", "data.tasks": ",".join(tasks)},

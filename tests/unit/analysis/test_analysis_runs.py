@@ -1,0 +1,64 @@
+import pandas as pd
+import pytest
+
+from analysis.runs import TIDY_COLUMNS, higher_is_better, load_runs, parse_metric_key, run_index, tidy
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("test/counterfact/reliability", ("test", "counterfact", "reliability")),
+    ("val/zsre/portability/reasoning", ("val", "zsre", "portability/reasoning")),
+    ("test/avg/reliability", ("test", "avg", "reliability")),
+    ("val/edit_success", ("val", "avg", "edit_success")),
+    ("val/portability/reasoning", ("val", "avg", "portability/reasoning")),
+    ("loss/total", ("", "", "loss/total")),
+    ("train/edit_success", ("", "", "train/edit_success")),
+    ("lr/edit_mean", ("", "", "lr/edit_mean")),
+])
+def test_parse_metric_key(key, expected):
+    assert parse_metric_key(key) == expected
+
+
+def test_lower_is_better_only_for_dd():
+    assert not higher_is_better("dd") and higher_is_better("es") and higher_is_better("portability/reasoning")
+
+
+def test_tidy_table_from_tracked_runs(store, tidy):
+    _, _, ids = store
+    assert list(tidy.columns[: len(TIDY_COLUMNS)]) == TIDY_COLUMNS
+    row = tidy[(tidy["run_id"] == ids["instructedit"][1]) & (tidy["task"] == "zsre")
+               & (tidy["metric"] == "reliability")]
+    assert len(row) == 1
+    r = row.iloc[0]
+    assert (r["method"], r["mode"], r["kind"], r["split"], r["instruction_setting"]) == (
+        "InstructEdit", "instructedit", "eval", "test", "unseen")
+    assert r["run_name"] == "instructedit-unseen" and r["tasks"] == "counterfact,recent,convsent"
+    assert r["n_train_tasks"] == 3 and 0.6 < r["value"] < 0.8
+    # slash inside the metric name, validation and training metrics
+    assert (tidy["metric"] == "portability/reasoning").any()
+    val = tidy[(tidy["split"] == "val") & (tidy["run_name"] == "mend-recent")]
+    assert set(val["task"]) == {"recent", "avg"}
+    train = tidy[(tidy["split"] == "") & (tidy["run_name"] == "mend-recent")]
+    assert {"loss/total", "train/edit_success"} <= set(train["metric"])
+
+
+def test_trial_params_and_study_tags_are_columns(tidy):
+    trials = tidy[tidy["study"] == "task_scaling"]
+    assert set(trials["n_train_tasks"]) == {1, 2, 3}
+    assert "params.data.tasks" in tidy.columns and "params.train.batch_size" in tidy.columns
+    bal = tidy[tidy["study"] == "convsent_balance"].drop_duplicates("run_id")
+    assert sorted(bal["balance"]) == ["balanced", "full"]
+
+
+def test_balance_from_param_when_no_tag():
+    runs = pd.DataFrame({"run_id": ["a", "b"], "tags.kind": ["trial", "trial"],
+                         "params.tasks.convsent.balance_to": ["1427", "None"],
+                         "metrics.test/convsent/es": [0.8, 0.9]})
+    t = tidy(runs)
+    assert dict(zip(t["run_id"], t["balance"])) == {"a": "balanced", "b": "full"}
+
+
+def test_report_runs_excluded_and_unknown_experiment_is_empty(store):
+    uri, exp, _ = store
+    assert run_index(exp, uri)["kind"].isin(["report"]).sum() == 0
+    empty = load_runs("no-such-experiment", tracking_uri=uri)
+    assert empty.empty and list(empty.columns[: len(TIDY_COLUMNS)]) == TIDY_COLUMNS

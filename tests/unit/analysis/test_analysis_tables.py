@@ -1,0 +1,65 @@
+import pandas as pd
+
+from analysis.tables import METHODS, table1, table3
+
+
+def test_table3_shape_and_best(tidy, tmp_path):
+    t = table3(tidy)
+    assert list(t.values.index) == list(METHODS)
+    tasks = list(dict.fromkeys(t.values.columns.get_level_values(0)))
+    assert tasks == ["counterfact", "recent", "convsent", "zsre"]  # hold-out last
+    assert ("convsent", "es") in t.values.columns and ("convsent", "dd") in t.values.columns
+    assert ("counterfact", "portability/reasoning") not in t.values.columns
+    best = t.best()
+    assert best.loc["InstructEdit", ("counterfact", "reliability")]
+    assert best.loc["InstructEdit", ("zsre", "reliability")]
+    # dd is lower-is-better; the baseline (Pre-edit) is never marked
+    dd = t.values[("convsent", "dd")].drop("Pre-edit")
+    assert best.loc[dd.idxmin(), ("convsent", "dd")] and best[("convsent", "dd")].sum() == 1
+    assert not best.loc["Pre-edit"].any()
+    # MEND (single-task) uses the editor trained on that very task: 0.8-level, not the 0.15 off-task ones
+    assert t.values.loc["MEND (single-task)", ("recent", "reliability")] > 0.7
+    # InstructEdit uses the seen-instruction eval run, not unseen ones nor study trials
+    assert abs(t.values.loc["InstructEdit", ("zsre", "reliability")] - 0.75) < 0.03
+
+    md = t.to_markdown()
+    v = t.values.loc["InstructEdit", ("counterfact", "reliability")] * 100
+    assert f"**{v:.2f}**" in md
+    assert "counterfact/reliability" in md.splitlines()[2]
+    csv = t.to_csv()
+    assert f"{v:.2f}*" in csv and csv.splitlines()[0].startswith("Method,counterfact/reliability")
+    html = t.to_html()
+    assert f"<b>{v:.2f}</b>" in html and "zsre (hold-out)" in html
+    paths = t.save(tmp_path, "table3")
+    assert all(p.stat().st_size > 0 for p in paths.values())
+
+
+def test_table1_single_task_transfer(tidy):
+    t = table1(tidy)
+    assert list(t.values.index) == ["trained on counterfact", "trained on recent", "trained on convsent"]
+    best = t.best()
+    assert best.loc["trained on counterfact", ("counterfact", "reliability")]
+    assert best.loc["trained on recent", ("recent", "reliability")]
+    assert best.loc["trained on convsent", ("convsent", "es")]
+    assert t.values.loc["trained on recent", ("counterfact", "reliability")] < 0.3
+    assert "zsre" in t.values.columns.get_level_values(0)
+
+
+def test_tables_without_runs_are_empty_not_errors(tidy):
+    none = tidy.iloc[0:0]
+    for make in (table1, table3):
+        t = make(none)
+        assert t.empty
+        assert isinstance(t.to_markdown(), str) and isinstance(t.to_html(), str)
+    only_train = tidy[tidy["split"] != "test"]
+    assert table3(only_train).empty
+
+
+def test_formatting_is_x100_two_decimals():
+    from analysis.tables import Table
+
+    cols = pd.MultiIndex.from_tuples([("t", "reliability"), ("t", "dd")])
+    t = Table("x", pd.DataFrame([[0.123456, 0.5], [0.5, 0.1]], index=["A", "B"], columns=cols))
+    f = t.formatted()
+    assert f.loc["A", ("t", "reliability")] == "12.35" and f.loc["B", ("t", "dd")] == "10.00"
+    assert t.best().loc["B", ("t", "reliability")] and t.best().loc["B", ("t", "dd")]
