@@ -1,0 +1,150 @@
+"""Editor training step vs a naive step vs a plain forward+backward of the base model.
+
+One process, one batch of B edits (real CounterFact records, instruction-tagged), medians over
+repeats. Writes JSON with step_over_fwdbwd (target <= 1.5), naive_over_fwdbwd, speedup_vs_naive,
+peak RSS.
+
+    python benchmarks/train_step.py --model smollm2-135m --out results/bench_train_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from instructedit.config import load_run_config
+from instructedit.data.batches import TokenBatch
+from instructedit.data.pipeline import load_records
+from instructedit.editor import losses
+from instructedit.editor.hooks import capture, patched
+from instructedit.train.loop import build_editor
+from instructedit.train.step import StepBatch, make_step_batch, training_step
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def naive_step(editor, batch: StepBatch, cfg) -> torch.Tensor:
+    """The reference way: one edit at a time, a full forward (all blocks, all positions' logits)
+    for every pass."""
+    model = editor.model
+    total = 0.0
+    B = len(batch.edit)
+    for e in range(B):
+        eb = batch.edit.select([e])
+        eb = TokenBatch(eb.input_ids, eb.attention_mask, eb.answer_mask, eb.answer_ids,
+                        torch.zeros(1, dtype=torch.long), eb.row_probe, eb.meta)
+        with torch.enable_grad(), capture(editor.layers) as cap:
+            logits = model(input_ids=eb.input_ids, attention_mask=eb.attention_mask).logits
+            rows = losses.answer_rows(eb.answer_mask)
+            loss = losses.nll(logits[eb.answer_mask], eb.answer_ids[eb.answer_mask], rows, 1).sum()
+            grads = torch.autograd.grad(loss, [cap.delta[n] for n in editor.names])
+        d = dict(zip(editor.names, grads))
+        edits = editor.transform(cap.u, d, eb.attention_mask)
+        zero = torch.zeros(1, dtype=torch.long)
+        with patched(editor.layers, edits, zero):
+            post = model(input_ids=eb.input_ids, attention_mask=eb.attention_mask).logits
+        edit_loss = losses.nll(post[eb.answer_mask], eb.answer_ids[eb.answer_mask], rows, 1).mean()
+        loc_loss = torch.zeros(())
+        if batch.loc is not None:
+            lrows = (batch.loc.row_edit == e).nonzero().flatten().tolist()
+            if lrows:
+                lb = batch.loc.select(lrows)
+                with torch.no_grad():
+                    pre = model(input_ids=lb.input_ids, attention_mask=lb.attention_mask).logits
+                with patched(editor.layers, edits, torch.zeros(len(lrows), dtype=torch.long)):
+                    postl = model(input_ids=lb.input_ids, attention_mask=lb.attention_mask).logits
+                r = losses.answer_rows(lb.answer_mask)
+                loc_loss = losses.kl_pre_post(pre[lb.answer_mask], postl[lb.answer_mask], r, len(lb)).mean()
+        step_loss = (cfg.c_edit * edit_loss + cfg.c_loc * loc_loss) / B
+        step_loss.backward()  # per-edit backward: the reference accumulates over edits
+        total += float(step_loss)
+    return torch.tensor(total)
+
+
+def plain_fwdbwd(model, batch: StepBatch) -> None:
+    """One ordinary forward+backward of the base model over the same token rows."""
+    for b in (batch.edit, batch.loc, batch.sentiment):
+        if b is None:
+            continue
+        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+        rows = losses.answer_rows(b.answer_mask)
+        loss = losses.nll(logits[b.answer_mask], b.answer_ids[b.answer_mask], rows, len(b)).mean()
+        loss.backward()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--tasks", default="counterfact,recent")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    cfg = load_run_config(None, {"model": args.model})
+    tasks = args.tasks.split(",")
+    records = load_records(cfg, "train", tasks)
+    by_task = {t: [r for r in records if r.task == t] for t in tasks}
+    picked = []
+    i = 0
+    while len(picked) < args.batch_size:  # mixed tasks, like a real multi-task batch
+        t = tasks[i % len(tasks)]
+        picked.append(by_task[t][i // len(tasks)])
+        i += 1
+    editor = build_editor(cfg)
+    editor.train()
+    batch = make_step_batch(picked, editor.tokenizer, cfg.train.max_length, seed=0)
+    n_tokens = sum(int(b.attention_mask.sum()) for b in (batch.edit, batch.loc, batch.sentiment) if b is not None)
+
+    def ours():
+        loss, _ = training_step(editor, batch, cfg.editor)
+        loss.backward()
+
+    def naive():
+        naive_step(editor, batch, cfg.editor)
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    t_step = timed(ours, args.repeats)
+    t_naive = timed(naive, max(2, args.repeats // 2))
+    model = editor.model
+    model.requires_grad_(True)
+    t_fb = timed(lambda: plain_fwdbwd(model, batch), args.repeats)
+    model.requires_grad_(False)
+    model.zero_grad(set_to_none=True)
+    result = {
+        "model": args.model,
+        "batch_edits": args.batch_size,
+        "tokens_per_step": n_tokens,
+        "torch_threads": torch.get_num_threads(),
+        "step_s": t_step,
+        "naive_step_s": t_naive,
+        "fwdbwd_s": t_fb,
+        "step_over_fwdbwd": t_step / t_fb,
+        "naive_over_fwdbwd": t_naive / t_fb,
+        "speedup_vs_naive": t_naive / t_step,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "target_step_over_fwdbwd": 1.5,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
