@@ -1,0 +1,225 @@
+"""`instructedit evaluate`: an editor (checkpoint or MLflow run) or a baseline on tasks and a split."""
+
+from __future__ import annotations
+
+HELP = "evaluate an editor or a baseline (pre-edit, FT-L): batched, resumable, logged to MLflow"
+DESCRIPTION = (
+    "Evaluates an editor checkpoint (--editor), the checkpoint of an MLflow training run (--run), or a "
+    "baseline (--baseline pre-edit|ft-l on --model) on the given tasks and split, each record as an "
+    "independent edit, in batches. Per-case rows go to <out>/cases.parquet (a killed run resumes from "
+    "<out>/parts/), averages to <out>/summary.csv, and both plus the test/<task>/<metric> metrics to "
+    "MLflow. --sequential K applies K edits cumulatively instead. --compare-table prints and writes "
+    "the Table-3-shaped comparison of every evaluation in a folder or MLflow experiment."
+)
+
+DEFAULT_TASKS = ("counterfact", "recent", "convsent", "zsre")
+
+
+def add_arguments(p) -> None:
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--editor", metavar="CKPT", help="editor checkpoint (editor.pt or its folder)")
+    what.add_argument("--run", metavar="RUN_ID", help="MLflow training run whose checkpoint/ artifact to evaluate "
+                      "(results are logged to that run)")
+    what.add_argument("--baseline", choices=["pre-edit", "ft-l"], help="evaluate a baseline instead of an editor")
+    p.add_argument("--model", default="smollm2-135m", help="base model of a baseline (models registry name)")
+    p.add_argument("--tasks", nargs="+", default=None,
+                   help="tasks (space or comma separated; default: the editor's tasks + hold-out, or all)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--instructions", default=None, metavar="SETTING",
+                   help="none | seen | unseen | id:<instruction id> (default: the editor's training setting; "
+                   "none for baselines)")
+    p.add_argument("--out", default=None, help="output folder (default: evals/<what>/<split>-<setting>)")
+    p.add_argument("--max-records", type=int, default=None, help="at most N records per task")
+    p.add_argument("--batch-size", type=int, default=16, help="independent edits per batch")
+    p.add_argument("--max-length", type=int, default=128, help="token cap of one sequence")
+    p.add_argument("--sequential", type=int, default=None, metavar="K",
+                   help="apply K edits cumulatively to one model and report rows per K")
+    p.add_argument("--workers", type=int, default=1, help="Ray actors to spread batches over (1 = this process)")
+    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    p.add_argument("--data-dir", default="", help="corpora folder (default: $INSTRUCTEDIT_DATA or ../shared/data)")
+    p.add_argument("--prepared-dir", default="", help="parquet written by `instructedit prepare`")
+    p.add_argument("--seed", type=int, default=0, help="instruction tagging seed")
+    p.add_argument("--ftl-steps", type=int, default=10, help="FT-L gradient steps per edit")
+    p.add_argument("--ftl-lr", type=float, default=1e-2, help="FT-L step size")
+    p.add_argument("--ftl-norm-bound", type=float, default=1.0, help="FT-L max Frobenius norm per edit and weight")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite "
+                   "under ./mlruns)")
+    p.add_argument("--experiment", default=None, help="experiment of a new eval run (default: the editor's, "
+                   "else instructedit)")
+    p.add_argument("--new-run", action="store_true", help="log to a new eval run even with --run")
+    p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
+    p.add_argument("--compare-table", default=None, metavar="DIR_OR_EXPERIMENT",
+                   help="print and write the Table-3-shaped comparison (alone, or after this evaluation)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _tasks(values) -> list[str]:
+    return [t for v in values for t in v.split(",") if t]
+
+
+def _find_checkpoint(folder: str) -> str:
+    from pathlib import Path
+
+    hits = sorted(Path(folder).rglob("editor.pt"))
+    if not hits:
+        raise FileNotFoundError(f"no editor.pt in the downloaded checkpoint artifact {folder}")
+    return str(hits[0])
+
+
+def run(args) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from ..config import DataConfig, RunConfig
+    from ..evaluate import runner
+
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if not (args.editor or args.run or args.baseline):
+        if not args.compare_table:
+            print("instructedit evaluate: give --editor, --run, --baseline or --compare-table", file=sys.stderr)
+            return 2
+        return _compare(args)
+
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    info: dict = {}
+    editor_run = None
+    if args.run:
+        from .. import tracking
+
+        editor_run = tracking.get_run(args.run, args.tracking_uri)
+        say(f"[eval] downloading checkpoint/ of run {args.run}")
+        folder = tracking.download_artifacts(args.run, "checkpoint", tracking_uri=args.tracking_uri)
+        args.editor = _find_checkpoint(folder)
+    if args.editor:
+        info = runner.checkpoint_info(args.editor)
+        if editor_run is not None:
+            t = editor_run.data.tags
+            info = {**info, **{k: t[k] for k in ("mode", "tasks", "instruction_setting") if t.get(k)}}
+        target = runner.EvalTarget("editor", checkpoint=str(args.editor), device=device)
+        tags = runner.method_tags("editor", info.get("mode", ""))
+        tags["tasks"] = info.get("tasks", "")
+        default_tasks = [t for t in info.get("tasks", "").split(",") if t] + ["zsre"]
+        setting = args.instructions or info.get("instruction_setting") or "none"
+        name = args.run or Path(args.editor).resolve().parent.name
+    else:
+        target = runner.EvalTarget(args.baseline, model=args.model, device=device,
+                                   ftl={"steps": args.ftl_steps, "lr": args.ftl_lr,
+                                        "norm_bound": args.ftl_norm_bound} if args.baseline == "ft-l" else {})
+        tags = {**runner.method_tags(args.baseline), "tasks": ""}
+        default_tasks = list(DEFAULT_TASKS)
+        setting = args.instructions or "none"
+        name = f"{args.baseline}-{args.model}"
+    tasks = list(dict.fromkeys(_tasks(args.tasks) if args.tasks else default_tasks))
+    tags["instruction_setting"] = setting
+    out = Path(args.out or Path("evals") / name / f"{args.split}-{setting.replace(':', '_')}")
+
+    from ..data.pipeline import load_records
+
+    cfg = RunConfig(data=DataConfig(tasks=tuple(tasks), hold_out=(), data_dir=args.data_dir,
+                                    prepared_dir=args.prepared_dir, instruction_setting=setting,
+                                    seed=args.seed, max_records=args.max_records, on_error="skip"))
+    records = load_records(cfg, args.split, tasks)
+    say(f"[eval] {tags['method']} on {', '.join(tasks)} ({args.split}, instructions {setting}): "
+        f"{len(records)} records, device {device}")
+
+    if args.sequential:
+        return _sequential(args, target, records, setting, out, tags, editor_run, info, say)
+
+    result = runner.run_evaluation(records, out, target=target, setting=setting, split=args.split,
+                                   batch_size=args.batch_size, max_length=args.max_length,
+                                   workers=args.workers, seed=args.seed, progress=not args.quiet)
+    _print_summary(result.metrics, args.split)
+    rid = _log(args, result, tags, editor_run, info, setting)
+    (out / "run.json").write_text(json.dumps({"run_id": rid or "", "tags": tags}, indent=1))
+    print(f"cases:   {result.cases_path}\nsummary: {result.summary_path}")
+    if args.compare_table:
+        _compare(args)
+    return 0
+
+
+def _log(args, result, tags, editor_run, info, setting) -> str | None:
+    if args.no_log:
+        return None
+    from ..evaluate import runner
+
+    same_setting = editor_run is not None and editor_run.data.tags.get("instruction_setting", setting) == setting
+    if editor_run is not None and same_setting and not args.new_run:
+        rid = runner.log_results(result, args.split, run_id=args.run, tracking_uri=args.tracking_uri)
+        print(f"logged to editor run {rid}")
+        return rid
+    experiment = args.experiment or info.get("experiment") or "instructedit"
+    extra = {"model": info.get("model") or args.model}
+    if editor_run is not None:
+        extra["editor_run"] = args.run
+    rid = runner.log_results(result, args.split, experiment=experiment, tags={**tags, **extra},
+                             params={"eval.split": args.split, "eval.batch_size": args.batch_size,
+                                     "eval.max_records": args.max_records, "eval.max_length": args.max_length,
+                                     "eval.checkpoint": args.editor or "", "eval.tasks": ",".join(
+                                         sorted(result.cases["task"].unique()) if len(result.cases) else []),
+                                     **({"ftl.steps": args.ftl_steps, "ftl.lr": args.ftl_lr,
+                                         "ftl.norm_bound": args.ftl_norm_bound} if args.baseline == "ft-l" else {})},
+                             tracking_uri=args.tracking_uri,
+                             run_name=f"eval-{tags['mode']}-{args.split}-{setting}")
+    print(f"logged to new eval run {rid} (experiment {experiment})")
+    return rid
+
+
+def _print_summary(metrics: dict[str, float], split: str) -> None:
+    tasks = sorted({k.split("/")[1] for k in metrics})
+    tasks = [t for t in tasks if t != "avg"] + (["avg"] if "avg" in tasks else [])
+    for t in tasks:
+        vals = {k.split("/", 2)[2]: v for k, v in metrics.items() if k.split("/")[1] == t}
+        print(f"{split}/{t}: " + "  ".join(f"{m}={v * (1 if m == 'dd' else 100):.2f}" for m, v in sorted(vals.items())))
+
+
+def _sequential(args, target, records, setting, out, tags, editor_run, info, say) -> int:
+    import csv
+
+    from ..evaluate import runner
+    from ..evaluate.sequential import evaluate_sequential, sequential_metrics
+
+    records = runner.retag(records, setting, args.seed)[: args.sequential]
+    editor, make = runner.build(target)
+    rows = evaluate_sequential(editor, records, make, None, args.max_length, progress=not args.quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    cols = ["k"] + sorted({c for r in rows for c in r} - {"k"})
+    with open(out / "sequential.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows(rows)
+    for r in rows:
+        print("K=%d " % r["k"] + " ".join(f"{m}={v:.3f}" for m, v in r.items() if m != "k" and v is not None))
+    print(f"sequential: {out / 'sequential.csv'}")
+    if not args.no_log:
+        from .. import tracking
+
+        rid = args.run if editor_run is not None and not args.new_run else None
+        if rid is None:
+            with tracking.run(args.experiment or info.get("experiment") or "instructedit",
+                              f"sequential-{tags['mode']}-{setting}", tracking_uri=args.tracking_uri,
+                              tags={"kind": "eval", **tags, "sequential": str(args.sequential)}) as new:
+                rid = new
+        else:
+            tracking.configure(args.tracking_uri)
+        for k, m in sequential_metrics(rows):
+            tracking.log_metrics(m, step=k, run_id=rid)
+        tracking.log_artifact(out / "sequential.csv", f"eval/{args.split}", run_id=rid)
+        print(f"logged to run {rid}")
+    return 0
+
+
+def _compare(args) -> int:
+    from ..evaluate.tables import compare_table, print_table, write_table
+
+    table = compare_table(args.compare_table, split=args.split, tracking_uri=args.tracking_uri)
+    print_table(table)
+    from pathlib import Path
+
+    src = Path(args.compare_table)
+    out_dir = src if src.is_dir() else Path("evals") / "tables" / str(args.compare_table)
+    paths = write_table(table, out_dir)
+    print(f"table: {paths['csv']}  {paths['md']}")
+    return 0

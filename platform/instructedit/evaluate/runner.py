@@ -1,0 +1,390 @@
+"""The evaluation runner: an editor checkpoint, the unedited model or FT-L on any tasks and split.
+
+Records go through `core.evaluate_batch` in batches of independent edits (one forward per probe
+kind per batch). Every finished batch is written at once as a parquet part file under
+`<out>/parts/`, so a killed evaluation resumes where it stopped: cases whose key
+(case_id, task, instruction_setting) is already in a part are skipped, and the merge drops
+duplicates. `<out>/cases.parquet` (one row per case, in record order) and `<out>/summary.csv`
+(`<split>/<task>/<metric>` and `<split>/avg/<metric>`) are written at the end. `<out>/meta.json`
+records what was evaluated; resuming into a folder written for something else is an error.
+
+With `workers > 1` the batches are spread over Ray actors (one model copy each, a GPU each when
+the target runs on CUDA); the driver still writes the part files, so resuming works the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from ..config import load_task
+from ..data.instructions import check_setting, tag
+from ..data.record import EditRecord
+
+KEY = ("case_id", "task", "instruction_setting")
+METHODS = {  # --baseline / mode -> (mode tag, method display name)
+    "pre-edit": ("pre-edit", "Pre-edit"),
+    "ft-l": ("ft-l", "FT-L"),
+    "single-task": ("single-task", "MEND (single-task)"),
+    "multi-task": ("multi-task", "MEND (multi-task)"),
+    "instructedit": ("instructedit", "InstructEdit"),
+}
+
+
+class ResumeMismatch(ValueError):
+    """The output folder holds results of a different evaluation."""
+
+
+# ------------------------------------------------------------------------------------ targets
+@dataclass(frozen=True)
+class EvalTarget:
+    """What to evaluate, in a form a Ray actor can rebuild: an editor checkpoint or a baseline."""
+
+    kind: str  # editor | pre-edit | ft-l
+    checkpoint: str = ""  # kind=editor: the editor.pt (or its folder)
+    model: str = ""  # baselines: the model registry name
+    ftl: dict = field(default_factory=dict)  # kind=ft-l: FTLConfig fields
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.kind not in ("editor", "pre-edit", "ft-l"):
+            raise ValueError(f"evaluation target must be editor|pre-edit|ft-l, got {self.kind!r}")
+        if self.kind == "editor" and not self.checkpoint:
+            raise ValueError("an editor target needs a checkpoint")
+        if self.kind != "editor" and not self.model:
+            raise ValueError(f"baseline {self.kind} needs a model name")
+
+    def identity(self) -> dict:
+        """What must match for a resumed evaluation to reuse earlier part files."""
+        d = dataclasses.asdict(self)
+        d.pop("device")
+        return d
+
+
+def baseline_editor(loaded):
+    """A MendEditor shell for baselines: its transform is never used, only the batched plumbing
+    (lower-layer reuse, patched forwards, gradient capture)."""
+    from ..config import EditorConfig
+    from ..editor.editor import MendEditor
+
+    return MendEditor(loaded, EditorConfig(rank=1, norm=False)).eval()
+
+
+def build(target: EvalTarget):
+    """-> (editor, make_edits) for `core.evaluate_batch`."""
+    import torch
+
+    from ..editor.editor import MendEditor
+    from ..models import build_model
+    from .core import mend_edits, no_edits
+
+    torch.manual_seed(0)
+    if target.kind == "editor":
+        editor = MendEditor.from_checkpoint(target.checkpoint, device=target.device).eval()
+        return editor, mend_edits(editor)
+    editor = baseline_editor(build_model(target.model, device=target.device)).to(target.device)
+    if target.kind == "pre-edit":
+        return editor, no_edits
+    from ..editor.ftl import FTLConfig, ftl_edits
+
+    return editor, ftl_edits(editor, FTLConfig(**target.ftl))
+
+
+def checkpoint_info(path: str | Path) -> dict:
+    """mode, tasks and instruction setting an editor checkpoint was trained with (if it says)."""
+    from ..editor.editor import load_checkpoint_file
+
+    ckpt = load_checkpoint_file(path)
+    rc = ckpt.get("run_config") or {}
+    data = rc.get("data") or {}
+    return {"mode": rc.get("mode", ""), "tasks": ",".join(data.get("tasks") or []),
+            "instruction_setting": data.get("instruction_setting", ""), "model": ckpt.get("model_name", ""),
+            "experiment": rc.get("experiment", "")}
+
+
+def method_tags(kind: str, mode: str = "") -> dict[str, str]:
+    key = kind if kind != "editor" else (mode or "instructedit")
+    m, name = METHODS.get(key, (key, key))
+    return {"mode": m, "method": name}
+
+
+# ------------------------------------------------------------------------------------ records
+def retag(records: list[EditRecord], setting: str, seed: int = 0, instruction_set: str = "") -> list[EditRecord]:
+    """Records with the instruction `setting` applied (none | seen | unseen | id:<id>)."""
+    from ..instructions.sets import resolve_pool
+
+    check_setting(setting)
+    cfgs, pools = {}, {}
+    out = []
+    for r in records:
+        if r.task not in cfgs:
+            cfgs[r.task] = load_task(r.task)
+            pools[r.task] = resolve_pool(cfgs[r.task], instruction_set)
+        out.append(tag(r, cfgs[r.task], setting, seed, pools[r.task]))
+    return out
+
+
+# ------------------------------------------------------------------------------------ storage
+class CaseStore:
+    """Per-case rows of one evaluation: part files while it runs, one parquet at the end."""
+
+    def __init__(self, out_dir: str | Path):
+        self.root = Path(out_dir)
+        self.parts = self.root / "parts"
+
+    def check_meta(self, meta: dict) -> None:
+        p = self.root / "meta.json"
+        if p.exists():
+            old = json.loads(p.read_text())
+            if old != meta:
+                raise ResumeMismatch(f"{self.root} holds results of another evaluation ({old}); "
+                                     f"use another --out or delete it (this one: {meta})")
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+    def part_files(self) -> list[Path]:
+        return sorted(self.parts.glob("part-*.parquet")) if self.parts.exists() else []
+
+    def read_parts(self) -> pd.DataFrame:
+        files = self.part_files()
+        if not files:
+            return pd.DataFrame(columns=list(KEY))
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+    def done_keys(self) -> set[tuple]:
+        df = self.read_parts()
+        return set(zip(*(df[k].astype(str) for k in KEY))) if len(df) else set()
+
+    def write_part(self, rows: list[dict]) -> Path:
+        self.parts.mkdir(parents=True, exist_ok=True)
+        files = self.part_files()
+        n = int(files[-1].stem.split("-")[1]) + 1 if files else 0
+        path = self.parts / f"part-{n:06d}.parquet"
+        tmp = path.with_suffix(".tmp")
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+        tmp.replace(path)  # atomic: a kill leaves a whole part or none
+        return path
+
+    def merge(self) -> pd.DataFrame:
+        df = self.read_parts()
+        if len(df):
+            df = df.drop_duplicates(list(KEY), keep="first")
+            if "order" in df.columns:
+                df = df.sort_values("order", kind="stable")
+            df = df.reset_index(drop=True)
+        df.to_parquet(self.root / "cases.parquet", index=False)
+        return df
+
+
+# ------------------------------------------------------------------------------------ summary
+def summary_metrics(rows: pd.DataFrame | list[dict], split: str = "test") -> dict[str, float]:
+    """`<split>/<task>/<metric>` (means over cases) and `<split>/avg/<metric>` (means over tasks)."""
+    from .metrics import METRICS
+
+    df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
+    out: dict[str, float] = {}
+    if df.empty:
+        return out
+    metric_cols = [c for c in df.columns if c in METRICS]
+    per_metric: dict[str, list[float]] = {}
+    for task, g in df.groupby("task", sort=True):
+        for m in metric_cols:
+            vals = g[m].dropna()
+            if len(vals):
+                out[f"{split}/{task}/{m}"] = float(vals.mean())
+                per_metric.setdefault(m, []).append(out[f"{split}/{task}/{m}"])
+        es = g["reliability"] if "reliability" in g else pd.Series(dtype=float)
+        if "es" in g:
+            es = es.fillna(g["es"]) if len(es) else g["es"]
+        es = es.dropna()
+        if len(es):
+            out[f"{split}/{task}/edit_success"] = float(es.mean())
+            per_metric.setdefault("edit_success", []).append(float(es.mean()))
+    for m, vals in per_metric.items():
+        out[f"{split}/avg/{m}"] = sum(vals) / len(vals)  # macro average over tasks
+    return out
+
+
+def write_summary(metrics: dict[str, float], path: str | Path) -> Path:
+    rows = []
+    for k, v in sorted(metrics.items()):
+        split, task, metric = k.split("/", 2)
+        rows.append({"key": k, "split": split, "task": task, "metric": metric, "value": v})
+    pd.DataFrame(rows, columns=["key", "split", "task", "metric", "value"]).to_csv(path, index=False)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------------ running
+@dataclass
+class EvalResult:
+    cases: pd.DataFrame
+    metrics: dict[str, float]
+    out_dir: Path
+    n_new: int  # cases evaluated by this call (the rest came from earlier part files)
+    seconds: float
+
+    @property
+    def cases_path(self) -> Path:
+        return self.out_dir / "cases.parquet"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out_dir / "summary.csv"
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def evaluate_rows(editor, make_edits, records: list[EditRecord], setting: str, max_length: int,
+                  orders: list[int], extra: dict | None = None) -> list[dict]:
+    """One batch of independent edits -> per-case rows (key columns, order, every metric)."""
+    from .core import evaluate_batch
+
+    rows = evaluate_batch(editor, records, make_edits, max_length)
+    for r, o in zip(rows, orders):
+        r["instruction_setting"] = setting
+        r["order"] = o
+        r.update(extra or {})
+    return rows
+
+
+def run_evaluation(
+    records: list[EditRecord],
+    out_dir: str | Path,
+    *,
+    target: EvalTarget | None = None,
+    editor=None,
+    make_edits: Callable | None = None,
+    setting: str = "none",
+    split: str = "test",
+    batch_size: int = 16,
+    max_length: int = 128,
+    workers: int = 1,
+    retag_records: bool = True,
+    seed: int = 0,
+    instruction_set: str = "",
+    progress: bool = True,
+    on_batch: Callable[[int, list[dict]], None] | None = None,
+) -> EvalResult:
+    """Evaluate every record as an independent edit; resumable (see the module docstring).
+
+    Give either `target` (built here, or in each Ray actor when workers > 1) or an in-process
+    `editor` with its `make_edits`. `on_batch(i, rows)` runs after each part file is written.
+    """
+    if target is None and (editor is None or make_edits is None):
+        raise ValueError("give an EvalTarget or an editor with make_edits")
+    if workers > 1 and target is None:
+        raise ValueError("parallel evaluation needs an EvalTarget (actors rebuild it)")
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
+    t0 = time.time()
+    if retag_records:
+        records = retag(records, setting, seed, instruction_set)
+    store = CaseStore(out_dir)
+    store.check_meta({"split": split, "instruction_setting": setting, "max_length": max_length,
+                      "seed": seed, "instruction_set": instruction_set,
+                      "target": target.identity() if target else "in-process"})
+    done = store.done_keys()
+    todo: list[tuple[int, EditRecord]] = []
+    seen: set[tuple] = set()
+    for i, r in enumerate(records):
+        key = (str(r.case_id), str(r.task), setting)
+        if key in seen:
+            say(f"[eval] note: duplicate case {key[:2]} skipped")
+            continue
+        seen.add(key)
+        if key not in done:
+            todo.append((i, r))
+    say(f"[eval] {len(seen)} cases, {len(seen) - len(todo)} already done in {store.root}, "
+        f"{len(todo)} to evaluate in batches of {batch_size}" + (f" over {workers} actors" if workers > 1 else ""))
+    batches = _batches(todo, batch_size)
+    extra = {"split": split}
+
+    def report(i: int, rows: list[dict], n_done: int, t_start: float) -> None:
+        store.write_part(rows)
+        el = time.time() - t_start
+        rate = n_done / el if el > 0 else float("nan")
+        eta = (len(todo) - n_done) / rate if rate and rate == rate else float("nan")
+        say(f"[eval] batch {i + 1}/{len(batches)}: {n_done}/{len(todo)} cases, {rate:.2f} cases/s, ETA {eta:.0f}s")
+        if on_batch:
+            on_batch(i, rows)
+
+    t_start = time.time()
+    n_done = 0
+    if batches and workers > 1:
+        for i, rows in enumerate(_run_parallel(target, batches, setting, max_length, workers, extra)):
+            n_done += len(rows)
+            report(i, rows, n_done, t_start)
+    elif batches:
+        if editor is None:
+            editor, make_edits = build(target)
+        for i, batch in enumerate(batches):
+            rows = evaluate_rows(editor, make_edits, [r for _, r in batch], setting, max_length,
+                                 [o for o, _ in batch], extra)
+            n_done += len(rows)
+            report(i, rows, n_done, t_start)
+    cases = store.merge()
+    metrics = summary_metrics(cases, split)
+    write_summary(metrics, store.root / "summary.csv")
+    say(f"[eval] done: {len(cases)} cases in {time.time() - t0:.1f}s -> {store.root / 'cases.parquet'}")
+    return EvalResult(cases, metrics, store.root, n_done, time.time() - t0)
+
+
+def _run_parallel(target: EvalTarget, batches: list, setting: str, max_length: int, workers: int,
+                  extra: dict) -> Iterable[list[dict]]:
+    """Batches over Ray actors, each holding one model; yields rows as batches finish."""
+    import ray
+    from ray.util import ActorPool
+
+    from ..data.pipeline import init_ray
+
+    init_ray()
+    gpu = target.device.startswith("cuda")
+
+    @ray.remote(num_cpus=1, num_gpus=1 if gpu else 0)
+    class Evaluator:
+        def __init__(self, target: EvalTarget):
+            self.editor, self.make = build(target)
+
+        def run(self, batch):
+            return evaluate_rows(self.editor, self.make, [r for _, r in batch], setting, max_length,
+                                 [o for o, _ in batch], extra)
+
+    n = min(workers, len(batches))
+    pool = ActorPool([Evaluator.remote(target) for _ in range(n)])
+    yield from pool.map_unordered(lambda a, b: a.run.remote(b), batches)
+
+
+# ------------------------------------------------------------------------------------ tracking
+def log_results(result: EvalResult, split: str, *, run_id: str | None = None, experiment: str = "instructedit",
+                tags: dict[str, str] | None = None, params: dict | None = None, tracking_uri: str | None = None,
+                run_name: str | None = None) -> str:
+    """Metrics, per-case parquet and summary CSV to `run_id` (an editor's run) or a new eval run."""
+    from .. import tracking
+
+    def log(rid: str) -> None:
+        tracking.log_metrics(result.metrics, run_id=rid)
+        if tags:
+            tracking.set_tags(tags, run_id=rid)
+        tracking.log_artifact(result.cases_path, f"eval/{split}", run_id=rid)
+        tracking.log_artifact(result.summary_path, f"eval/{split}", run_id=rid)
+        seq = result.out_dir / "sequential.csv"
+        if seq.exists():
+            tracking.log_artifact(seq, f"eval/{split}", run_id=rid)
+
+    if run_id:
+        tracking.configure(tracking_uri)
+        log(run_id)
+        return run_id
+    with tracking.run(experiment, run_name, params=params, tags={"kind": "eval", **(tags or {})},
+                      tracking_uri=tracking_uri) as rid:
+        log(rid)
+    return rid
