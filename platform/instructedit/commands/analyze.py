@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 HELP = "analyses that need a trained editor: `analyze gradients` (PCA of transformed editing gradients)"
@@ -55,7 +56,12 @@ def run(args) -> int:
     from analysis import gradients as G
 
     editors = dict(parse_editor(s) for s in args.editor)
-    records = G.load_records(args.records, tasks=args.tasks, n=args.n, split=args.split, seed=args.seed)
+    try:
+        records = G.load_records(args.records, tasks=args.tasks, n=args.n, split=args.split, seed=args.seed)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"instructedit analyze gradients: {e} (write them with `instructedit prepare`, or pass "
+              "--records)", file=sys.stderr)
+        return 2
     collect = _collector()
     groups = {}
     for label, ckpt in editors.items():

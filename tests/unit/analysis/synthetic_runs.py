@@ -138,3 +138,37 @@ def gradient_clusters(n_per_task: int = 30, dim: int = 64, seed: int = 0,
         xs.append(c + rng.normal(scale=1.0, size=(n_per_task, dim)))
         labels += [t] * n_per_task
     return np.concatenate(xs).astype(np.float32), labels
+
+
+def edit_records(n_per_task: int = 8, tasks=("counterfact", "recent", "convsent", "zsre"), split: str = "test"):
+    """Small, well-formed EditRecords (instruction template applied) for the gradient analysis."""
+    from instructedit.data.record import EditRecord, Probe, Sentiment
+
+    template = "Task: {task}\nDescription: {instruction}\nInput: {prompt}"
+    out = []
+    for task in tasks:
+        for i in range(n_per_task):
+            instruction = f"Update the model's knowledge for the {task} fact below."
+            if task == "convsent":
+                prompt = f"What do you think of topic {i}?"
+                rec = EditRecord(
+                    task=task, case_id=f"{task}-{i}", prompt=prompt, target_new="I love it.", split=split,
+                    subject=f"topic {i}", sentiment=Sentiment(topic=f"topic {i}", label="positive",
+                                                              good=[f"topic {i} is great."],
+                                                              bad=[f"topic {i} is awful."]),
+                    locality=[Probe("neighborhood", "What do you think of the weather?", ["It is fine."])],
+                )
+            else:
+                prompt = f"The capital of country {i} is"
+                rec = EditRecord(
+                    task=task, case_id=f"{task}-{i}", prompt=prompt, target_new=f" City{i}", split=split,
+                    subject=f"country {i}", ground_truth=[f" Old{i}"],
+                    rephrase_prompts=[f"Country {i} has its capital in"],
+                    locality=[Probe("neighborhood", "The capital of France is", [" Paris"])],
+                    portability=[Probe("reasoning", f"The mayor of country {i}'s capital lives in", [f" City{i}"])],
+                )
+            rec.instruction_id = f"{task}-0"
+            rec.instruction = instruction
+            rec.edit_input = template.format(task=task, instruction=instruction, prompt=prompt)
+            out.append(rec)
+    return out
