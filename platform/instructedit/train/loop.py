@@ -44,6 +44,7 @@ class LoopHooks:
     on_log: Callable[[int, dict], None] | None = None
     on_validate: Callable[[int, dict, Path | None, bool], None] | None = None
     fault: Callable[[int], None] | None = None  # test-only: called each step (e.g. to crash a worker)
+    on_batch: Callable[[int, list], None] | None = None  # this worker's records of each step (tests, benchmarks)
 
 
 class StepModule(nn.Module):
@@ -139,6 +140,7 @@ def train_editor(
     hooks: LoopHooks | None = None,
     device: str | torch.device = "cpu",
     verbose: bool = True,
+    autocast_dtype: torch.dtype | None = None,
 ) -> TrainResult:
     hooks = hooks or LoopHooks()
     tc = cfg.train
@@ -194,8 +196,12 @@ def train_editor(
         if hooks.fault:
             hooks.fault(step)
         records = batch_for(step)
+        if hooks.on_batch:
+            hooks.on_batch(step, records)
         batch = make_step_batch(records, editor.tokenizer, tc.max_length, seed=tc.seed * 100003 + step).to(device)
-        loss, metrics = step_module(batch)
+        # bf16 autocast on GPU (trainer.py); the hypernetwork's parameters and Adam stay fp32.
+        with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss, metrics = step_module(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(editor.parameters(), cfg.editor.grad_clip)
