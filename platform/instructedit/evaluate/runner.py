@@ -388,3 +388,76 @@ def log_results(result: EvalResult, split: str, *, run_id: str | None = None, ex
                       tracking_uri=tracking_uri) as rid:
         log(rid)
     return rid
+
+
+# ------------------------------------------------------------------------------------ reference
+def reference_evaluate(editor, record: EditRecord, make_edits: Callable, max_length: int = 128) -> dict:
+    """The slow reference for one record: compute its edit, apply it densely to the model, run
+    plain full forwards of the whole model per probe kind, revert. Same metric definitions as
+    core.evaluate_batch (tests compare the two; the benchmark times them)."""
+    import torch
+
+    from ..data.batches import edit_batch, probe_batch
+    from ..editor import losses
+
+    model, tok = editor.model, editor.tokenizer
+
+    def full(b):
+        out = model(input_ids=b.input_ids.to(editor.device), attention_mask=b.attention_mask.to(editor.device),
+                    use_cache=False)
+        return out.logits[b.answer_mask.to(editor.device)]
+
+    def acc(b):
+        lg = full(b)
+        return losses.token_accuracy(lg, b.answer_ids.to(lg.device)[b.answer_mask.to(lg.device)],
+                                     losses.answer_rows(b.answer_mask).to(lg.device), len(b))
+
+    row = {"case_id": record.case_id, "task": record.task, "instruction_id": record.instruction_id}
+    eb = edit_batch([record], tok, max_length).to(editor.device)
+    with torch.enable_grad():
+        edits = make_edits(eb, editor.lower(eb))
+    lb = probe_batch([record], tok, "locality", max_length)
+    with torch.no_grad():
+        pre_loc = full(lb) if lb is not None else None
+        handle = editor.apply(edits) if edits else None
+        try:
+            if record.sentiment is None:
+                row["reliability"] = float(acc(eb)[0])
+            for kind in ("rephrase", "portability"):
+                pb = probe_batch([record], tok, kind, max_length)
+                if pb is None:
+                    continue
+                a = acc(pb).tolist()
+                best: dict[int, float] = {}
+                sub: dict[int, str] = {}
+                for v, p, m in zip(a, pb.row_probe.tolist(), pb.meta):
+                    best[p] = max(best.get(p, float("-inf")), v)
+                    sub[p] = m.get("probe_kind", "")
+                if kind == "rephrase":
+                    row["generalization"] = sum(best.values()) / len(best)
+                else:
+                    by: dict[str, list[float]] = {}
+                    for p, v in best.items():
+                        by.setdefault(sub[p], []).append(v)
+                    means = {k: sum(v) / len(v) for k, v in by.items()}
+                    row.update({f"portability/{k}": v for k, v in means.items()})
+                    row["portability"] = sum(means.values()) / len(means)
+            if lb is not None:
+                post = full(lb)
+                rows = losses.answer_rows(lb.answer_mask).to(post.device)
+                same = losses.per_row_mean((pre_loc.argmax(-1) == post.argmax(-1)).float(), rows, len(lb))
+                kl = losses.kl_pre_post(pre_loc, post, rows, len(lb))
+                if record.sentiment is None:
+                    row["locality"] = float(same.mean())
+                else:
+                    row["dd"] = float(kl.mean())
+            sb = probe_batch([record], tok, "sentiment", max_length)
+            if sb is not None:
+                from ..train.step import sentiment_scores
+
+                _, ok = sentiment_scores(full(sb), sb.to(editor.device), 1)
+                row["es"] = float(ok[0])
+        finally:
+            if handle is not None:
+                handle.revert()
+    return row
