@@ -325,60 +325,53 @@ def _Stage(data: dict[str, Any], task_names: list[str]) -> _StageContext:
     return _CONTEXTS[key]
 
 
-def _validate_stage(batch: pa.Table, data: dict[str, Any], task_names: list[str]) -> pa.Table:
-    """validate: raw record -> EditRecord (the format's reader) or a reject."""
+def _validate(row: dict[str, Any], st: _StageContext) -> EditRecord:
+    """validate: raw record -> EditRecord through its format's reader (DataError if bad)."""
     from .readers import get_reader
 
+    path, reader, i = row["path"], row["reader"], row["idx"]
+    raws, ids = parsed_source(path, row["task"])
+    return get_reader(reader)(raws[i], task=row["task"], case_id=ids[i], file=path, index=i,
+                              seed=st.data.seed, context=raws if reader == "convsent" else None)
+
+
+def _validate_tag_split_stage(batch: pa.Table, data: dict[str, Any], task_names: list[str]) -> pa.Table:
+    """validate -> tag (seeded instruction) -> split (stable hash or file role), per record.
+
+    One Ray Data stage: Ray would fuse three map stages into one operator anyway, and this saves two
+    serialisation round trips per record.
+    """
     st = _Stage(data, task_names)
     out = []
     for row in batch.to_pylist():
         if row["ok"]:
-            path, reader = row["path"], row["reader"]
-            raws, ids = parsed_source(path, row["task"])
-            i = row["idx"]
             try:
-                rec = get_reader(reader)(raws[i], task=row["task"], case_id=ids[i], file=path, index=i,
-                                         seed=st.data.seed, context=raws if reader == "convsent" else None)
-                row["payload"] = json.dumps(rec.to_row(), ensure_ascii=False)
+                rec = _validate(row, st)
             except DataError as e:
                 row["ok"], row["payload"] = False, json.dumps(e.to_dict(), ensure_ascii=False)
+            else:
+                rec = tag_and_split(rec, st.tasks[row["task"]], row["role"], st.data, st.pools[row["task"]])
+                row["payload"] = json.dumps(rec.to_row(), ensure_ascii=False)
         out.append(row)
     return pa.Table.from_pylist(out, schema=batch.schema)
 
 
-def _tag_split_stage(batch: pa.Table, data: dict[str, Any], task_names: list[str]) -> pa.Table:
-    """tag + split: seeded instruction, then train/val/test from the stable hash (or the file role)."""
-    st = _Stage(data, task_names)
-    out = []
-    for row in batch.to_pylist():
-        if row["ok"]:
-            rec = EditRecord.from_row(json.loads(row["payload"]))
-            rec = tag_and_split(rec, st.tasks[row["task"]], row["role"], st.data, st.pools[row["task"]])
-            row["payload"] = json.dumps(rec.to_row(), ensure_ascii=False)
-        out.append(row)
-    return pa.Table.from_pylist(out, schema=batch.schema)
-
-
-def _finish_write_stage(group: pa.Table, data: dict[str, Any], task_names: list[str], out_dir: str) -> pa.Table:
+def _finish_write(rows: list[dict[str, Any]], task_cfg: TaskConfig, data: DataConfig, out_dir: Path
+                  ) -> list[dict[str, Any]]:
     """Per task: borrow locality, balance, cap, write `<task>/<split>.parquet`; return a summary."""
-    st = _Stage(data, task_names)
-    rows = sorted(group.to_pylist(), key=lambda r: (r["src"], r["idx"]))
-    task = rows[0]["task"]
+    rows = sorted(rows, key=lambda r: (r["src"], r["idx"]))
+    task = task_cfg.name
     records = [EditRecord.from_row(json.loads(r["payload"])) for r in rows if r["ok"]]
     summary = [{"task": task, "kind": "reject", "split": "", "n": 1, "payload": r["payload"]}
                for r in rows if not r["ok"]]
-    splits, dropped = finish_task(records, st.tasks[task], st.data)
-    (Path(out_dir) / task).mkdir(parents=True, exist_ok=True)
+    splits, dropped = finish_task(records, task_cfg, data)
+    (out_dir / task).mkdir(parents=True, exist_ok=True)
     for split, recs in splits.items():
-        pq.write_table(records_to_table(recs), Path(out_dir) / task / f"{split}.parquet")
+        pq.write_table(records_to_table(recs), out_dir / task / f"{split}.parquet")
         summary.append({"task": task, "kind": "count", "split": split, "n": len(recs), "payload": ""})
     summary += [{"task": task, "kind": "dropped", "split": d["split"], "n": 1, "payload": json.dumps(d)}
                 for d in dropped]
-    return pa.Table.from_pylist(summary, schema=_SUMMARY_SCHEMA)
-
-
-_SUMMARY_SCHEMA = pa.schema([("task", pa.string()), ("kind", pa.string()), ("split", pa.string()),
-                             ("n", pa.int64()), ("payload", pa.string())])
+    return summary
 
 
 def init_ray() -> None:
@@ -401,7 +394,9 @@ def _data_dict(data: DataConfig) -> dict[str, Any]:
 
 def run_ray_pipeline(task_cfgs: list[TaskConfig], data_dir: Path, data: DataConfig, out_dir: Path,
                      progress: bool = True) -> list[dict[str, Any]]:
-    """Run read -> validate -> tag/split -> per-task finish+write on Ray Data; summary rows back."""
+    """Ray Data does read -> validate -> tag -> split in parallel over file chunks; the per-task
+    step (borrow locality, balance, cap: each needs the whole task) and the parquet writes run here
+    as the records stream in, so OUT only has to be visible to the driver."""
     import ray.data
 
     init_ray()
@@ -414,12 +409,19 @@ def run_ray_pipeline(task_cfgs: list[TaskConfig], data_dir: Path, data: DataConf
     ds = (
         ray.data.from_items(items, override_num_blocks=len(items))
         .flat_map(_read_stage)
-        .map_batches(_validate_stage, batch_format="pyarrow", batch_size=2048, fn_kwargs=kw)
-        .map_batches(_tag_split_stage, batch_format="pyarrow", batch_size=2048, fn_kwargs=kw)
-        .groupby("task", num_partitions=max(1, len(names)))
-        .map_groups(_finish_write_stage, batch_format="pyarrow", fn_kwargs={**kw, "out_dir": str(out_dir)})
+        .map_batches(_validate_tag_split_stage, batch_format="pyarrow", batch_size=1024, fn_kwargs=kw)
     )
-    return ds.take_all()
+    by_task: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    n_rows = 0
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for row in batch.to_pylist():
+            by_task[row["task"]].append(row)
+        n_rows += batch.num_rows
+    _say(progress, f"prepare: {n_rows} records read, validated, tagged and split; writing parquet")
+    summary: list[dict[str, Any]] = []
+    for t in task_cfgs:
+        summary += _finish_write(by_task[t.name], t, data, out_dir)
+    return summary
 
 
 # ----------------------------------------------------------------------------------- prepare
