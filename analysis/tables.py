@@ -147,6 +147,15 @@ def prefer(rows: pd.DataFrame, *conditions) -> pd.DataFrame:
 
 
 def _eval_rows(tidy: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Per-task evaluation rows of one split. Accepts a reduced tidy frame (e.g. evaluate/tables.py):
+    missing tag columns count as empty."""
+    tidy = tidy.copy()
+    for col in ("kind", "method", "mode", "tasks", "study", "instruction_setting"):
+        if col not in tidy.columns:
+            tidy[col] = ""
+        tidy[col] = tidy[col].fillna("").astype(str)
+    if "n_train_tasks" not in tidy.columns:
+        tidy["n_train_tasks"] = tidy["tasks"].map(lambda s: len(split_tasks(s)))
     rows = tidy[(tidy["split"] == split) & (tidy["task"] != "avg") & (tidy["task"] != "")]
     return rows[~rows["kind"].isin(["report", "optimize"])]
 
