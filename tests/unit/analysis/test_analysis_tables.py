@@ -63,3 +63,11 @@ def test_formatting_is_x100_two_decimals():
     f = t.formatted()
     assert f.loc["A", ("t", "reliability")] == "12.35" and f.loc["B", ("t", "dd")] == "10.00"
     assert t.best().loc["B", ("t", "reliability")] and t.best().loc["B", ("t", "dd")]
+
+
+def test_reduced_tidy_frame_gives_the_same_table(tidy):
+    # evaluate/tables.py builds a tidy frame from eval folders with fewer columns
+    cols = ["run_id", "kind", "method", "mode", "tasks", "study", "instruction_setting", "split", "task",
+            "metric", "value"]
+    assert table3(tidy[cols]).values.equals(table3(tidy).values)
+    assert table1(tidy[cols]).values.equals(table1(tidy).values)
