@@ -1,0 +1,554 @@
+"""Apply a trained editor to a model: the Python API behind `instructedit edit`.
+
+    from instructedit import load_editor, EditRequest
+
+    editor = load_editor("runs/my-run/checkpoint/best/editor.pt")      # or an MLflow run id
+    result = editor.edit([EditRequest("The Eiffel Tower is in", "Rome", task="counterfact")])
+    ...                        # editor.model now carries the edit (all requests summed, in place)
+    result.save("edited-model")   # a plain Hugging Face model + MODEL_CARD.md + edits.json
+    result.revert()            # the original weights, bit for bit
+
+A request's instruction: `instruction` if given (explicit text, used as is); else, with `task`, an
+instruction of that task's pool with the task template applied, picked the way the editor was
+trained: the fixed id of an `id:<id>` run, otherwise the pool's first seen instruction (or a seeded
+choice per request with `load_editor(..., instruction_seed=N)`). ConvSent's [TOPIC] slot takes
+`subject`, [LABEL] takes `label`. An editor trained without instructions (multi-task MEND) gets
+the plain prompt whatever the task says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from .config import ConfigError, Instruction, TaskConfig, load_task
+from .data.batches import edit_batch, encode_pairs
+from .data.instructions import apply_template, choose_instruction, fill_slots
+from .data.record import EditRecord, Sentiment
+from .editor.editor import AppliedEdits, CheckpointMismatch, Edits, MendEditor, edits_digest, load_checkpoint_file
+from .models import LoadedModel
+
+__all__ = ["EditRequest", "RequestError", "CheckpointMismatch", "BoundEditor", "EditResult", "ProbeResult",
+           "RequestInfo", "load_editor", "read_requests"]
+
+# The {task} slot when an explicit instruction comes without a task.
+GENERIC_TASK = "Knowledge Editing"
+LABELS = ("positive", "negative")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class RequestError(ValueError):
+    """A bad edit request; the message says which request (file:line for JSONL) and what is wrong."""
+
+
+# ------------------------------------------------------------------------------------- requests
+@dataclass
+class EditRequest:
+    prompt: str
+    target: str
+    subject: str = ""
+    rephrases: list[str] = field(default_factory=list)
+    task: str = ""  # selects the instruction (and template) from the task's pool
+    instruction: str = ""  # explicit instruction text; overrides the task's pool
+    label: str = ""  # ConvSent: positive | negative (the [LABEL] slot)
+    source: str = field(default="", repr=False, compare=False)  # where it came from, for errors
+
+    def where(self, index: int | None = None) -> str:
+        if self.source:
+            return self.source
+        return f"request {index + 1}" if index is not None else "request"
+
+    def validate(self, index: int | None = None) -> EditRequest:
+        w = self.where(index)
+        for name in ("prompt", "target", "subject", "task", "instruction", "label"):
+            if not isinstance(getattr(self, name), str):
+                raise RequestError(f"{w}: {name} must be a string, got {type(getattr(self, name)).__name__}")
+        if not self.prompt.strip():
+            raise RequestError(f"{w}: prompt is empty")
+        if not self.target.strip():
+            raise RequestError(f"{w}: target is empty (the edit needs a new answer)")
+        if isinstance(self.rephrases, str) or not isinstance(self.rephrases, (list, tuple)):
+            raise RequestError(f"{w}: rephrases must be a list of strings")
+        for i, r in enumerate(self.rephrases):
+            if not isinstance(r, str) or not r.strip():
+                raise RequestError(f"{w}: rephrases[{i}] must be a non-empty string")
+        if self.label and self.label not in LABELS:
+            raise RequestError(f"{w}: label must be one of {LABELS}, got {self.label!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "") -> EditRequest:
+        w = source or "request"
+        if not isinstance(d, dict):
+            raise RequestError(f"{w}: expected a JSON object, got {type(d).__name__}")
+        known = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise RequestError(f"{w}: unknown key(s) {unknown}; known: {known}")
+        missing = [k for k in ("prompt", "target") if k not in d]
+        if missing:
+            raise RequestError(f"{w}: missing {' and '.join(missing)}")
+        req = cls(**{k: (list(v) if k == "rephrases" and isinstance(v, list) else v) for k, v in d.items()},
+                  source=source)
+        return req.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    @property
+    def key(self) -> str:
+        """A stable id (the seed of a seeded instruction choice)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_requests(path: str | os.PathLike) -> list[EditRequest]:
+    """Edit requests from a JSONL file: one JSON object per line; blank lines are skipped.
+    Any problem raises RequestError naming the file and the line."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RequestError(f"{p}: requests file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RequestError(f"{p}: cannot read requests file: {e}") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{p}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RequestError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        out.append(EditRequest.from_dict(obj, source=where))
+    if not out:
+        raise RequestError(f"{p}: no requests (expected one JSON object per line)")
+    return out
+
+
+# --------------------------------------------------------------------------------------- results
+@dataclass
+class ProbeResult:
+    kind: str  # edit_input (what the editor saw) | prompt | rephrase
+    text: str
+    p_before: float  # joint probability of the target's answer tokens
+    p_after: float | None = None
+    token_p_before: list[float] = field(default_factory=list)
+    token_p_after: list[float] = field(default_factory=list)
+    continuation_before: str | None = None  # greedy, when asked for
+    continuation_after: str | None = None
+    top_before: list[tuple[str, float]] = field(default_factory=list)  # next-token top-k, when asked for
+    top_after: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class RequestInfo:
+    request: EditRequest
+    instruction_id: str
+    instruction: str
+    edit_input: str
+    pre_loss: float
+    probes: list[ProbeResult]
+    note: str = ""
+
+    def probe(self, kind: str) -> ProbeResult:
+        return next(p for p in self.probes if p.kind == kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.request.to_dict(), "instruction_id": self.instruction_id, "instruction": self.instruction,
+                "edit_input": self.edit_input, "pre_loss": self.pre_loss, "note": self.note,
+                "probes": [dataclasses.asdict(p) for p in self.probes]}
+
+
+class EditResult:
+    """The requests' edits summed into the model's weights (in place). revert() restores the
+    original weights bit for bit; save() writes the edited model as a plain HF model."""
+
+    def __init__(self, editor: BoundEditor, infos: list[RequestInfo], edits: Edits, handle: AppliedEdits):
+        self.editor = editor
+        self.infos = infos
+        self.edits = edits
+        self._handle = handle
+
+    @property
+    def requests(self) -> list[EditRequest]:
+        return [i.request for i in self.infos]
+
+    @property
+    def active(self) -> bool:
+        return self._handle.active
+
+    @property
+    def digest(self) -> str:
+        return edits_digest(self.edits)
+
+    def revert(self) -> None:
+        self._handle.revert()
+
+    def __enter__(self) -> EditResult:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.revert()
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def __iter__(self):
+        return iter(self.infos)
+
+    def __getitem__(self, i: int) -> RequestInfo:
+        return self.infos[i]
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": "instructedit-edits/1",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "base_model": self.editor.base_model_info(),
+            "editor": self.editor.describe(),
+            "edits_digest": self.digest,
+            "edits": [i.to_dict() for i in self.infos],
+        }
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """The edited model (save_pretrained) + tokenizer + MODEL_CARD.md + edits.json, written to a
+        temp dir and renamed into place; nothing is left at `out_dir` if anything fails."""
+        if not self.active:
+            raise RuntimeError("the edits were reverted: nothing to save")
+        out = Path(out_dir)
+        check_save_target(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            self.editor.model.save_pretrained(tmp)
+            self.editor.tokenizer.save_pretrained(tmp)
+            manifest = self.manifest()
+            (tmp / "edits.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+            (tmp / "MODEL_CARD.md").write_text(model_card(manifest))
+            if out.exists():  # an empty dir (checked above): replace it
+                out.rmdir()
+            os.replace(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+
+def check_save_target(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--save target {out} exists and is not an empty directory")
+
+
+def model_card(m: dict[str, Any]) -> str:
+    base, ed = m["base_model"], m["editor"]
+    lines = [
+        f"# {base['name']} edited with InstructEdit",
+        "",
+        f"This model is `{base['name']}` ({base.get('source_ref') or base['source']}) with {len(m['edits'])} "
+        "fact edit(s) applied by a trained InstructEdit (MEND-style) editor. The edits are summed into the "
+        f"weights {', '.join(f'`{w}`' for w in ed['edited_weights'])}; everything else is unchanged.",
+        "",
+        "## Editor",
+        "",
+        f"- checkpoint: `{ed['checkpoint']}`" + (f" (MLflow run `{ed['run_id']}`)" if ed.get("run_id") else ""),
+        f"- run: {ed.get('run_name') or '?'} (mode {ed.get('mode') or '?'}, instruction setting "
+        f"{ed.get('instruction_setting') or '?'}, tasks {', '.join(ed.get('tasks') or []) or '?'})",
+        f"- trained for base model fingerprint `{base['fingerprint']}`; editor step {ed.get('step', '?')}",
+        f"- edits digest `{m['edits_digest']}`; created {m['created']}",
+        "",
+        "## Edits",
+        "",
+        "| # | prompt | new target | task | instruction | P(target) before | after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    for i, e in enumerate(m["edits"], 1):
+        pr = next(p for p in e["probes"] if p["kind"] == "prompt")
+        after = "" if pr["p_after"] is None else f"{pr['p_after']:.3g}"
+        lines.append(f"| {i} | {cell(e['prompt'])} | {cell(e['target'])} | {e['task'] or '-'} | "
+                     f"{cell(e['instruction']) or '-'} | {pr['p_before']:.3g} | {after} |")
+    lines += ["", "Rephrases and per-probe numbers are in `edits.json`. Load with "
+              "`AutoModelForCausalLM.from_pretrained(<this dir>)`.", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- editor
+class BoundEditor:
+    """A trained editor bound to its base model (the model is edited in place by edit())."""
+
+    def __init__(self, mend: MendEditor, ckpt: dict, checkpoint: str, run_id: str = "",
+                 instruction_seed: int | None = None, max_length: int = 256):
+        self.mend = mend.eval()
+        self.checkpoint = checkpoint
+        self.run_id = run_id
+        self.instruction_seed = instruction_seed
+        self.max_length = max_length
+        self.run_config: dict = ckpt.get("run_config") or {}
+        self.step = ckpt.get("step")
+        self.model_name: str = ckpt["model_name"]
+        self.fingerprint: str = ckpt["fingerprint"]
+        data = self.run_config.get("data") or {}
+        self.instruction_setting: str = data.get("instruction_setting", "")
+        self.instruction_set: str = data.get("instruction_set", "")
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.mend.model
+
+    @property
+    def tokenizer(self):
+        return self.mend.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.mend.device
+
+    def describe(self) -> dict[str, Any]:
+        rc = self.run_config
+        return {"checkpoint": self.checkpoint, "run_id": self.run_id, "run_name": rc.get("name", ""),
+                "mode": rc.get("mode", ""), "instruction_setting": self.instruction_setting,
+                "instruction_set": self.instruction_set, "tasks": list((rc.get("data") or {}).get("tasks") or []),
+                "step": self.step, "edited_weights": list(self.mend.names)}
+
+    def base_model_info(self) -> dict[str, Any]:
+        mc = self.mend.model_cfg
+        return {"name": mc.name, "source": mc.source, "source_ref": mc.hf_id or mc.gguf_file,
+                "fingerprint": self.fingerprint}
+
+    # ------------------------------------------------------------------------- instructions
+    def _pool(self, task: TaskConfig) -> tuple[tuple[Instruction, ...], str]:
+        if not self.instruction_set:
+            return task.instructions, ""
+        from .instructions.sets import resolve_pool
+
+        try:
+            return resolve_pool(task, self.instruction_set), ""
+        except (ConfigError, OSError) as e:
+            return task.instructions, f"instruction set {self.instruction_set!r} unavailable ({e}); used the task pool"
+
+    def resolve(self, req: EditRequest, index: int | None = None) -> tuple[EditRecord, str]:
+        """The request as an EditRecord with its instruction and edit input; plus a note."""
+        req.validate(index)
+        w = req.where(index)
+        task_cfg = None
+        if req.task:
+            try:
+                task_cfg = load_task(req.task)
+            except ConfigError as e:
+                raise RequestError(f"{w}: {e}") from None
+        sentiment = Sentiment(topic=req.subject, label=req.label, good=[], bad=[]) if req.label else None
+        record = EditRecord(task=req.task, case_id=req.key, prompt=req.prompt, target_new=req.target,
+                            subject=req.subject, rephrase_prompts=list(req.rephrases), sentiment=sentiment)
+        note, ins_id, raw = "", "", ""
+        if req.instruction:
+            ins_id, raw = "explicit", req.instruction
+        elif task_cfg is not None:
+            if self.instruction_setting == "none":
+                note = "editor trained without instructions: the task adds none"
+            else:
+                pool, note = self._pool(task_cfg)
+                ins = self._choose(task_cfg, pool, req)
+                ins_id, raw = ins.id, ins.text
+        missing = [name for slot, name, value in (("[LABEL]", "label", req.label), ("[TOPIC]", "subject", req.subject))
+                   if slot in raw and not value]
+        if missing:
+            raise RequestError(f"{w}: instruction {ins_id!r} of task {req.task or '-'} has slots to fill: give "
+                               f"{' and '.join(missing)} (ConvSent: label = positive|negative, subject = the topic)")
+        text = fill_slots(raw, record)
+        if text:
+            tmpl_task = task_cfg or TaskConfig(name="edit", description="", sources=(), instructions=(),
+                                               display_name=GENERIC_TASK)
+            edit_input = apply_template(tmpl_task, text, req.prompt)
+        else:
+            edit_input = req.prompt
+        record = dataclasses.replace(record, instruction_id=ins_id, instruction=text, edit_input=edit_input)
+        return record, note
+
+    def _choose(self, task: TaskConfig, pool: tuple[Instruction, ...], req: EditRequest) -> Instruction:
+        setting = self.instruction_setting
+        if setting.startswith("id:") and any(i.id == setting[3:] for i in pool):
+            return choose_instruction(task, setting, 0, req.key, pool)
+        seen = [i for i in pool if not i.unseen]
+        if not seen:
+            raise RequestError(f"task {task.name!r} has no seen instructions")
+        if self.instruction_seed is None:
+            return seen[0]
+        return choose_instruction(task, "seen", self.instruction_seed, req.key, pool)
+
+    # ------------------------------------------------------------------------- measuring
+    @torch.no_grad()
+    def target_probs(self, prompts: list[str], targets: list[str]) -> list[list[float]]:
+        """Per answer token, P(target token | prompt + earlier target tokens), on the live model."""
+        b = encode_pairs(self.tokenizer, prompts, targets, row_edit=list(range(len(prompts))),
+                         max_length=self.max_length).to(self.device)
+        logits = self.model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.float()
+        lp = torch.log_softmax(logits, -1).gather(-1, b.answer_ids[..., None])[..., 0]
+        return [lp[r][b.answer_mask[r]].exp().tolist() for r in range(len(prompts))]
+
+    @torch.no_grad()
+    def continuation(self, prompt: str, max_new_tokens: int = 20) -> str:
+        tok = self.tokenizer
+        ids = tok(prompt, return_tensors="pt").to(self.device)
+        out = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    @torch.no_grad()
+    def next_tokens(self, prompt: str, k: int = 5) -> list[tuple[str, float]]:
+        tok = self.tokenizer
+        ids = tok(prompt, return_tensors="pt").to(self.device)
+        p = torch.softmax(self.model(**ids).logits[0, -1].float(), -1)
+        top = torch.topk(p, k)
+        return [(tok.decode([i]), float(v)) for v, i in zip(top.values.tolist(), top.indices.tolist())]
+
+    def _measure(self, infos: list[RequestInfo], after: bool, max_new_tokens: int, top_k: int) -> None:
+        probes = [(info, p) for info in infos for p in info.probes]
+        probs = self.target_probs([p.text for _, p in probes], [i.request.target for i, _ in probes])
+        for (_, p), tp in zip(probes, probs):
+            joint = float(torch.tensor(tp, dtype=torch.float64).prod())
+            if after:
+                p.p_after, p.token_p_after = joint, tp
+            else:
+                p.p_before, p.token_p_before = joint, tp
+            if p.kind == "edit_input":
+                continue
+            if max_new_tokens > 0:
+                text = self.continuation(p.text, max_new_tokens)
+                if after:
+                    p.continuation_after = text
+                else:
+                    p.continuation_before = text
+            if top_k > 0:
+                if after:
+                    p.top_after = self.next_tokens(p.text, top_k)
+                else:
+                    p.top_before = self.next_tokens(p.text, top_k)
+
+    # ------------------------------------------------------------------------- editing
+    def prepare(self, requests: Iterable[EditRequest] | EditRequest
+                ) -> list[tuple[EditRequest, EditRecord, str]]:
+        """Check and resolve every request (all before any edit): (request, record, note)."""
+        reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
+        if not reqs:
+            raise RequestError("no edit requests")
+        for i, r in enumerate(reqs):
+            if not isinstance(r, EditRequest):
+                raise RequestError(f"request {i + 1}: expected an EditRequest, got {type(r).__name__}")
+        return [(r, *self.resolve(r, i)) for i, r in enumerate(reqs)]
+
+    def edit(self, requests: Iterable[EditRequest] | EditRequest, *, max_new_tokens: int = 0,
+             top_k: int = 0) -> EditResult:
+        """Compute one edit per request (independently, from the unedited model), sum them into
+        the model's weights in place, and measure P(target) before and after on the edit input,
+        the plain prompt and each rephrase. max_new_tokens > 0 adds greedy continuations of the
+        prompt and rephrases; top_k > 0 the top next tokens. Every request is checked first:
+        a bad one raises RequestError and leaves the model untouched."""
+        resolved = self.prepare(requests)
+        records = [rec for _, rec, _ in resolved]
+        infos = []
+        for req, rec, note in resolved:
+            probes = [ProbeResult("edit_input", rec.edit_input, 0.0)] if rec.edit_input != rec.prompt else []
+            probes.append(ProbeResult("prompt", rec.prompt, 0.0))
+            probes += [ProbeResult("rephrase", r, 0.0) for r in rec.rephrase_prompts]
+            infos.append(RequestInfo(req, rec.instruction_id, rec.instruction, rec.edit_input, 0.0, probes, note))
+        self._measure(infos, after=False, max_new_tokens=max_new_tokens, top_k=top_k)
+        batch = edit_batch(records, self.tokenizer, self.max_length).to(self.device)
+        with torch.no_grad():  # edit_gradients enables grad itself; the transform needs no graph
+            edits, einfo = self.mend.edit(batch)
+        for info, loss in zip(infos, einfo.pre_loss.tolist()):
+            info.pre_loss = float(loss)
+        handle = self.mend.apply(edits)
+        try:
+            self._measure(infos, after=True, max_new_tokens=max_new_tokens, top_k=top_k)
+        except BaseException:
+            handle.revert()
+            raise
+        return EditResult(self, infos, edits, handle)
+
+
+# ----------------------------------------------------------------------------------------- load
+def _find_in_dir(d: Path) -> Path:
+    for cand in (d / "editor.pt", d / "best" / "editor.pt", d / "checkpoint" / "best" / "editor.pt",
+                 d / "checkpoint" / "editor.pt"):
+        if cand.exists():
+            return cand
+    found = sorted(d.rglob("editor.pt"))
+    if not found:
+        raise FileNotFoundError(f"no editor.pt under {d}")
+    return found[-1]  # step-NNNNNN dirs sort by step: the latest
+
+
+def resolve_checkpoint(path_or_run: str | os.PathLike, tracking_uri: str | None = None) -> tuple[Path, str]:
+    """(editor.pt path, run id or "") for a checkpoint file, a directory or an MLflow run id."""
+    p = Path(path_or_run)
+    if p.is_file():
+        return p, ""
+    if p.is_dir():
+        return _find_in_dir(p), ""
+    s = str(path_or_run)
+    if _RUN_ID.match(s):
+        from . import tracking
+
+        try:
+            local = tracking.download_artifacts(s, "checkpoint", tracking_uri=tracking_uri)
+        except Exception as e:  # mlflow raises its own exception types
+            raise FileNotFoundError(f"MLflow run {s}: cannot download its 'checkpoint' artifact: {e}") from None
+        lp = Path(local)
+        return (lp if lp.is_file() else _find_in_dir(lp)), s
+    raise FileNotFoundError(f"editor checkpoint not found: {s} (give an editor.pt file, a directory "
+                            "holding one, or an MLflow run id)")
+
+
+def load_editor(path_or_run: str | os.PathLike, model: LoadedModel | str | torch.nn.Module | None = None, *,
+                tokenizer=None, device: str | torch.device = "cpu", tracking_uri: str | None = None,
+                instruction_seed: int | None = None, max_length: int = 256) -> BoundEditor:
+    """A trained editor bound to its base model.
+
+    path_or_run: an editor.pt, a directory holding one (a training output dir: best/editor.pt),
+    or an MLflow run id (its `checkpoint` artifact). model: None = build the checkpoint's model
+    from the registry; a registry name; a LoadedModel; or a Hugging Face model (with `tokenizer=`,
+    described by the checkpoint's model config). Raises CheckpointMismatch if the model is not
+    the one the editor was trained for."""
+    ckpt_path, run_id = resolve_checkpoint(path_or_run, tracking_uri)
+    ckpt = load_checkpoint_file(ckpt_path)
+    loaded: LoadedModel | None
+    if model is None or isinstance(model, LoadedModel):
+        loaded = model
+    elif isinstance(model, str):
+        from .models import build_model
+
+        loaded = build_model(model, device=device)
+    elif isinstance(model, torch.nn.Module):
+        if tokenizer is None:
+            raise ValueError("load_editor: a plain model needs tokenizer=")
+        from .config import ModelConfig, from_dict
+
+        loaded = LoadedModel(from_dict(ModelConfig, ckpt["model_config"]), model.eval().requires_grad_(False),
+                             tokenizer)
+    else:
+        raise TypeError(f"load_editor: model must be a LoadedModel, a registry name or a torch module, "
+                        f"got {type(model).__name__}")
+    try:
+        mend = MendEditor.from_checkpoint(ckpt, loaded, device=device)
+    except CheckpointMismatch as e:
+        raise CheckpointMismatch(f"{ckpt_path}: {e}") from None
+    except (KeyError, RuntimeError) as e:  # a model of another shape: missing modules, size mismatch
+        raise CheckpointMismatch(f"{ckpt_path}: editor trained for {ckpt['model_name']!r} does not fit "
+                                 f"model {loaded.config.name if loaded else ckpt['model_name']!r}: {e}") from None
+    return BoundEditor(mend, ckpt, str(ckpt_path), run_id, instruction_seed, max_length)

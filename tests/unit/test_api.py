@@ -1,0 +1,231 @@
+"""The editing API: load a trained editor, edit a model in place, revert exactly, save a plain HF
+model, and refuse bad input clearly. One tiny-llama editor is trained once for the module (~6 s)."""
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from instructedit.api import EditRequest, RequestError, load_editor, read_requests
+from instructedit.data.record import EditRecord, Probe
+from instructedit.editor.editor import CheckpointMismatch
+
+WORDS = ["red", "blue", "gold", "jade", "iron", "salt", "wolf", "bear", "oak", "elm", "sun", "ash"]
+
+
+def synthetic(n, seed):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        subj = "".join(rng.choice("bcdfghklmnprstvz") for _ in range(3))
+        out.append(EditRecord(
+            task="counterfact", case_id=f"syn-{seed}-{i}",
+            prompt=f"The {rng.choice(['color', 'metal', 'beast'])} of {subj} is", target_new=rng.choice(WORDS),
+            subject=subj, locality=[Probe("neighborhood", f"The home of {subj[::-1]}x is", [rng.choice(WORDS)])],
+        ))
+    return out
+
+
+def train_tiny_editor(out_dir):
+    """The recipe of tests/unit/train/test_learning.py, shortened: ~0.9 val reliability in ~6 s."""
+    from instructedit.config import load_run_config
+    from instructedit.train.loop import train_editor
+
+    cfg = load_run_config(None, {
+        "model": "tiny-llama", "mode": "multi-task", "data.instruction_setting": "none",
+        "editor.rank": 64, "editor.lr": 1e-3, "editor.lr_lr": 1e-3, "editor.edit_lr": 1e-2,
+        "editor.c_edit": 1.0, "editor.c_loc": 100.0,
+        "train.batch_size": 8, "train.max_steps": 150, "train.val_every": 150, "train.log_every": 150,
+        "train.val_size": 32, "train.early_stop_patience": 10, "train.max_length": 48,
+    })
+    result = train_editor(cfg, synthetic(400, 1), synthetic(32, 2), out_dir, verbose=False)
+    assert result.checkpoint is not None
+    return result.checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return train_tiny_editor(tmp_path_factory.mktemp("editor") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def editor(ckpt):
+    return load_editor(ckpt)
+
+
+def logits(editor, text="The color of vbz is gold. The beast of kmt is"):
+    ids = editor.tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        return editor.model(**ids).logits
+
+
+# ------------------------------------------------------------------------------- editing
+def test_edit_raises_target_probability_and_revert_is_exact(editor):
+    before = logits(editor)
+    weights = {n: p.detach().clone() for n, p in editor.model.named_parameters()}
+    reqs = [EditRequest("The color of vbz is", "gold", rephrases=["The metal of vbz is"]),
+            EditRequest("The beast of kmt is", "wolf", task="counterfact")]
+    result = editor.edit(reqs)
+    assert result.active and len(result) == 2
+    for info in result:
+        p = info.probe("prompt")
+        assert p.p_after > p.p_before * 1.5, (info.request.prompt, p)
+        assert all(a > b for a, b in zip(p.token_p_after, p.token_p_before))
+    assert result[0].probe("rephrase").p_after > result[0].probe("rephrase").p_before
+    assert not torch.equal(logits(editor), before)  # the model itself changed, in place
+    result.revert()
+    assert not result.active
+    assert torch.equal(logits(editor), before)
+    for n, p in editor.model.named_parameters():
+        assert torch.equal(p, weights[n]), n
+
+
+def test_context_manager_reverts_and_single_request(editor):
+    before = logits(editor)
+    with editor.edit(EditRequest("The metal of zzk is", "iron"), max_new_tokens=4, top_k=3) as result:
+        p = result[0].probe("prompt")
+        assert p.continuation_before is not None and p.continuation_after is not None
+        assert len(p.top_before) == 3 and len(p.top_after) == 3
+    assert torch.equal(logits(editor), before)
+
+
+def test_saved_model_reloads_and_reproduces_edited_logits(editor, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    result = editor.edit([EditRequest("The color of vbz is", "gold")])
+    try:
+        edited = logits(editor)
+        out = result.save(tmp_path / "edited")
+    finally:
+        result.revert()
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = editor.tokenizer("The color of vbz is gold. The beast of kmt is", return_tensors="pt")
+    with torch.no_grad():
+        again = reloaded(**ids).logits
+    assert torch.allclose(again, edited, atol=1e-5, rtol=0), (again - edited).abs().max()
+    assert not torch.allclose(again, logits(editor), atol=1e-5, rtol=0)  # differs from the reverted model
+    manifest = json.loads((out / "edits.json").read_text())
+    assert manifest["edits"][0]["target"] == "gold"
+    assert manifest["base_model"]["name"] == "tiny-llama"
+    assert manifest["editor"]["checkpoint"].endswith("editor.pt")
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "The color of vbz is" in card and "gold" in card
+    assert (out / "tokenizer.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
+
+
+def test_failed_save_leaves_nothing(editor, tmp_path, monkeypatch):
+    result = editor.edit([EditRequest("The color of vbz is", "gold")])
+    try:
+        def boom(*a, **k):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(editor.tokenizer, "save_pretrained", boom)
+        with pytest.raises(OSError, match="disk full"):
+            result.save(tmp_path / "edited")
+    finally:
+        result.revert()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="reverted"):
+        result.save(tmp_path / "edited")
+
+
+# ------------------------------------------------------------------------------- instructions
+def test_instruction_selection(editor, monkeypatch):
+    from instructedit.config import load_task
+
+    cf = load_task("counterfact")
+    # Trained without instructions: the task validates but adds none.
+    rec, note = editor.resolve(EditRequest("P is", "x", task="counterfact"))
+    assert rec.edit_input == "P is" and "without instructions" in note
+    monkeypatch.setattr(editor, "instruction_setting", "seen")
+    rec, _ = editor.resolve(EditRequest("P is", "x", task="counterfact"))
+    first = cf.seen_pool[0]
+    assert rec.instruction_id == first.id
+    assert rec.edit_input == f"Task: CounterFact\nDescription: {first.text}\nInput: P is"
+    monkeypatch.setattr(editor, "instruction_seed", 3)
+    ids = {editor.resolve(EditRequest(f"P{i} is", "x", task="counterfact"))[0].instruction_id for i in range(20)}
+    assert len(ids) > 1 and ids <= {i.id for i in cf.seen_pool}
+    monkeypatch.setattr(editor, "instruction_seed", None)
+    # An explicit instruction overrides the task's pool.
+    rec, _ = editor.resolve(EditRequest("P is", "x", task="counterfact", instruction="Say x."))
+    assert rec.edit_input == "Task: CounterFact\nDescription: Say x.\nInput: P is"
+    # ConvSent: slots filled from label and subject; a missing one is an error.
+    rec, _ = editor.resolve(EditRequest("What is your opinion of cats?", "I love cats.", subject="cats",
+                                        task="convsent", label="positive"))
+    assert "[" not in rec.instruction and "cats" in rec.instruction and "positive" in rec.instruction
+    with pytest.raises(RequestError, match="label"):
+        editor.resolve(EditRequest("What is your opinion of cats?", "I love cats.", subject="cats",
+                                   task="convsent"))
+
+
+# ------------------------------------------------------------------------------- bad input
+def test_checkpoint_for_another_model(ckpt):
+    with pytest.raises(CheckpointMismatch, match="tiny-llama"):
+        load_editor(ckpt, model="tiny-gpt2")
+    from instructedit.models import build_model
+
+    other = build_model("tiny-llama")
+    with torch.no_grad():
+        other.model.model.layers[-1].mlp.down_proj.weight.mul_(1.01)
+    with pytest.raises(CheckpointMismatch, match="fingerprint"):
+        load_editor(ckpt, model=other)
+
+
+def test_bad_requests(editor):
+    before = logits(editor)
+    with pytest.raises(RequestError, match="target is empty"):
+        editor.edit([EditRequest("The color of vbz is", "gold"), EditRequest("The color of x is", "  ")])
+    with pytest.raises(RequestError, match=r"request 2: .*unknown task 'nope'"):
+        editor.edit([EditRequest("A is", "b"), EditRequest("The color of x is", "red", task="nope")])
+    with pytest.raises(RequestError, match="no edit requests"):
+        editor.edit([])
+    assert torch.equal(logits(editor), before)  # nothing applied
+
+
+def test_read_requests(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "A is", "target": "b", "rephrases": ["A =" ]}\n\n'
+                    '{"prompt": "C is", "target": "d", "task": "counterfact"}\n')
+    reqs = read_requests(good)
+    assert [r.target for r in reqs] == ["b", "d"] and reqs[0].rephrases == ["A ="]
+    assert reqs[1].source == f"{good}:3"
+    cases = {
+        '{"prompt": "A is", "target": "b"}\n{"prompt": "C is", "target": \n': "not valid JSON",
+        '{"prompt": "A is", "target": "b"}\n{"prompt": "C is", "target": ""}\n': "target is empty",
+        '{"prompt": "A is", "target": "b"}\n{"prompt": "C is", "tgt": "d"}\n': "unknown key",
+        '{"prompt": "A is", "target": "b"}\n["C is", "d"]\n': "expected a JSON object",
+        '{"prompt": "A is", "target": "b"}\n{"prompt": "C is", "target": "d", "rephrases": "x"}\n': "list",
+    }
+    for i, (text, msg) in enumerate(cases.items()):
+        bad = tmp_path / f"bad{i}.jsonl"
+        bad.write_text(text)
+        with pytest.raises(RequestError, match=msg) as e:
+            read_requests(bad)
+        assert str(e.value).startswith(f"{bad}:2: "), str(e.value)
+    with pytest.raises(RequestError, match="not found"):
+        read_requests(tmp_path / "missing.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(RequestError, match="no requests"):
+        read_requests(tmp_path / "empty.jsonl")
+
+
+def test_load_from_directory_and_mlflow_run(ckpt, tracking_uri):
+    from instructedit import tracking
+
+    assert load_editor(ckpt.parent.parent).checkpoint == str(ckpt)  # training output dir -> best/
+    with tracking.run("api-test", "edit") as rid:
+        tracking.log_artifact(ckpt, "checkpoint/best")
+    ed = load_editor(rid)
+    assert ed.run_id == rid and ed.model_name == "tiny-llama"
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_editor("/nonexistent/editor.pt")
+
+
+def test_package_exports_are_lazy():
+    code = ("import sys, instructedit; assert 'torch' not in sys.modules, 'eager'; "
+            "from instructedit import load_editor, EditRequest, read_requests; assert callable(load_editor)")
+    subprocess.run([sys.executable, "-c", code], check=True)
