@@ -191,7 +191,7 @@ def _sequential(args, target, records, setting, out, tags, editor_run, info, say
         w.writeheader()
         w.writerows(rows)
     for r in rows:
-        print("K=%d " % r["k"] + " ".join(f"{m}={v:.3f}" for m, v in r.items() if m != "k" and v is not None))
+        print(f"K={r['k']} " + " ".join(f"{m}={v:.3f}" for m, v in r.items() if m != "k" and v is not None))
     print(f"sequential: {out / 'sequential.csv'}")
     if not args.no_log:
         from .. import tracking
@@ -219,7 +219,7 @@ def _compare(args) -> int:
     from pathlib import Path
 
     src = Path(args.compare_table)
-    out_dir = src if src.is_dir() else Path("evals") / "tables" / str(args.compare_table)
+    out_dir = src if src.is_dir() else Path(args.out or Path("evals") / "tables" / str(args.compare_table))
     paths = write_table(table, out_dir)
     print(f"table: {paths['csv']}  {paths['md']}")
     return 0

@@ -16,8 +16,9 @@ the Gram matrices as sum((U_e U_e^T) * (D_e D_e^T)) and enforced by rescaling D_
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 

@@ -18,9 +18,9 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -311,8 +311,8 @@ def run_evaluation(
     def report(i: int, rows: list[dict], n_done: int, t_start: float) -> None:
         store.write_part(rows)
         el = time.time() - t_start
-        rate = n_done / el if el > 0 else float("nan")
-        eta = (len(todo) - n_done) / rate if rate and rate == rate else float("nan")
+        rate = n_done / el if el > 0 else 0.0
+        eta = (len(todo) - n_done) / rate if rate > 0 else float("nan")
         say(f"[eval] batch {i + 1}/{len(batches)}: {n_done}/{len(todo)} cases, {rate:.2f} cases/s, ETA {eta:.0f}s")
         if on_batch:
             on_batch(i, rows)

@@ -2,13 +2,11 @@
 
 import pytest
 import torch
-
+from eval_records import make_records
 from instructedit.data.batches import edit_batch
 from instructedit.editor.ftl import FTLConfig, ftl_edits, ftl_fit, project, update_norms
 from instructedit.editor.hooks import LowRankEdit
 from instructedit.evaluate.core import evaluate_batch
-
-from eval_records import make_records
 
 
 def test_update_norm_matches_dense():

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from instructedit.data.batches import TokenBatch
 from instructedit.editor import losses
 from instructedit.evaluate import metrics

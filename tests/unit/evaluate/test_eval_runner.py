@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import torch
 from eval_records import make_convsent, make_records
-
 from instructedit.config import CONFIG_DIR, load_task
 from instructedit.data.readers import read_source
 from instructedit.evaluate import runner
@@ -41,7 +40,7 @@ def test_batched_equals_one_at_a_time(tiny_editor, records):
 
 def test_resume_after_interruption_equals_uninterrupted(tiny_editor, records, tmp_path):
     make = mend_edits(tiny_editor)
-    kw = dict(editor=tiny_editor, make_edits=make, setting="seen", batch_size=3, max_length=ML, progress=False)
+    kw = {"editor": tiny_editor, "make_edits": make, "setting": "seen", "batch_size": 3, "max_length": ML, "progress": False}
     full = runner.run_evaluation(records, tmp_path / "full", **kw)
 
     def crash(i, rows):
