@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -180,10 +181,11 @@ def finish_task(records: list[EditRecord], task_cfg: TaskConfig, data: DataConfi
     dropped: list[dict[str, Any]] = []
     for split in SPLITS:
         recs = borrow_locality(by_split[split], data.seed)
-        if split == "train" and task_cfg.balance_to is not None:
-            recs, out = balance(recs, task_cfg.balance_to, data.seed)
+        n_balance = data.balance.get(task_cfg.name, task_cfg.balance_to)  # data.balance overrides the YAML
+        if split == "train" and n_balance is not None:
+            recs, out = balance(recs, n_balance, data.seed)
             dropped += [{"task": task_cfg.name, "split": split, "case_id": r.case_id,
-                         "reason": f"balance_to={task_cfg.balance_to}"} for r in out]
+                         "reason": f"balance_to={n_balance}"} for r in out]
         recs, out = cap(recs, data.max_records)
         dropped += [{"task": task_cfg.name, "split": split, "case_id": r.case_id,
                      "reason": f"max_records={data.max_records}"} for r in out]
@@ -401,8 +403,12 @@ def run_ray_pipeline(task_cfgs: list[TaskConfig], data_dir: Path, data: DataConf
 
     init_ray()
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    ctx.print_on_execution_start = progress
+    saved = (ctx.enable_progress_bars, ctx.print_on_execution_start)
+    ctx.enable_progress_bars = ctx.print_on_execution_start = progress
+    logger = logging.getLogger("ray.data")
+    saved_level = logger.level
+    if not progress:
+        logger.setLevel(logging.ERROR)
     names = [t.name for t in task_cfgs]
     kw = {"data": _data_dict(data), "task_names": names}
     items = _source_items(task_cfgs, data_dir)
@@ -413,10 +419,14 @@ def run_ray_pipeline(task_cfgs: list[TaskConfig], data_dir: Path, data: DataConf
     )
     by_task: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     n_rows = 0
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        for row in batch.to_pylist():
-            by_task[row["task"]].append(row)
-        n_rows += batch.num_rows
+    try:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                by_task[row["task"]].append(row)
+            n_rows += batch.num_rows
+    finally:
+        ctx.enable_progress_bars, ctx.print_on_execution_start = saved
+        logger.setLevel(saved_level)
     _say(progress, f"prepare: {n_rows} records read, validated, tagged and split; writing parquet")
     summary: list[dict[str, Any]] = []
     for t in task_cfgs:
