@@ -103,6 +103,7 @@ class EditorConfig:
     c_loc: float = 1.0
     grad_clip: float = 100.0
     rephrase_in_edit_loss: bool = False  # train the edit loss on rephrases too
+    edited_layers: tuple[int, ...] = ()  # () = the model YAML's edited_layers (negative = from the top)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -118,6 +119,9 @@ class DataConfig:
     seed: int = 0
     max_records: int | None = None  # per task and split, for quick runs
     on_error: str = "raise"  # raise | skip
+    # per-task override of the task YAML's balance_to: {convsent: null} = no balancing (full),
+    # {convsent: 1153} = down-sample its train split to 1153 records
+    balance: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------- training
@@ -171,6 +175,9 @@ class RunConfig:
             raise ConfigError("mode multi-task trains without instructions: set data.instruction_setting: none")
         if self.mode == "single-task" and len(self.data.tasks) != 1:
             raise ConfigError(f"mode single-task needs exactly one task, got {list(self.data.tasks)}")
+        for task, n in self.data.balance.items():
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise ConfigError(f"data.balance.{task} must be a positive record count or null, got {n!r}")
         if abs(sum(self.data.split_fractions) - 1.0) > 1e-6:
             raise ConfigError(f"data.split_fractions must sum to 1, got {self.data.split_fractions}")
         if self.train.batch_size < 1 or self.train.num_workers < 1:
@@ -360,6 +367,14 @@ def load_model_config(name: str) -> ModelConfig:
     data = _read_yaml(p)
     data.setdefault("name", name)
     return from_dict(ModelConfig, data, str(p))
+
+
+def run_model_config(cfg: RunConfig) -> ModelConfig:
+    """The run's model config with the run's own choices applied (editor.edited_layers)."""
+    mc = load_model_config(cfg.model)
+    if cfg.editor.edited_layers:
+        mc = dataclasses.replace(mc, edited_layers=tuple(cfg.editor.edited_layers))
+    return mc
 
 
 def list_registry(kind: str) -> list[str]:

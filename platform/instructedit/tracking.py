@@ -157,6 +157,12 @@ def log_text(text: str, artifact_file: str, run_id: str | None = None) -> None:
         mlflow.log_text(text, artifact_file)
 
 
+def set_terminated(run_id: str, status: str = "FINISHED", tracking_uri: str | None = None) -> None:
+    """End a run by id (FINISHED | FAILED | KILLED), e.g. one whose process was stopped."""
+    configure(tracking_uri)
+    MlflowClient().set_terminated(run_id, status=status)
+
+
 def end_active_run(status: str = "FINISHED") -> None:
     if mlflow.active_run() is not None:
         mlflow.end_run(status=status)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import RunConfig, to_dict
+from ..config import RunConfig, run_model_config, to_dict
 from ..editor.editor import MendEditor
 from ..evaluate.core import edit_success, evaluate_batch, mend_edits
 from ..models import LoadedModel, build_model
@@ -116,7 +116,7 @@ def _fmt_eta(seconds: float) -> str:
 
 
 def build_editor(cfg: RunConfig, loaded: LoadedModel | None = None, device: str = "cpu") -> MendEditor:
-    loaded = loaded or build_model(cfg.model, device=device)
+    loaded = loaded or build_model(run_model_config(cfg), device=device)
     torch.manual_seed(cfg.train.seed)
     return MendEditor(loaded, cfg.editor).to(device)
 

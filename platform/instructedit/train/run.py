@@ -111,6 +111,7 @@ def train_run(
     verbose: bool = True,
     extra_tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
+    callbacks: list | None = None,
 ) -> TrainOutcome:
     """Train one editor on Ray Train and track it in MLflow. `resume`: True = the latest run of this
     config name under the storage path, or a run name; it continues that Ray run and MLflow run."""
@@ -145,7 +146,7 @@ def train_run(
         say(f"[train] MLflow run {run_id} (experiment {cfg.experiment!r}, {uri})")
         init_ray(address)
         result = train_on_ray(cfg, train, val, name=name, storage_path=str(root), mlflow_run_id=run_id,
-                              tracking_uri=uri, worker_hooks=worker_hooks, verbose=verbose)
+                              tracking_uri=uri, worker_hooks=worker_hooks, verbose=verbose, callbacks=callbacks)
         ckpt = result.best_checkpoint / EDITOR_FILE if result.best_checkpoint else None
         if ckpt is not None and ckpt.exists():
             tracking.log_artifact(ckpt, "checkpoint")

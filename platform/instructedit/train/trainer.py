@@ -149,10 +149,12 @@ def train_on_ray(
     tracking_uri: str | None = None,
     worker_hooks: WorkerHooks | None = None,
     verbose: bool = True,
+    callbacks: list | None = None,
 ) -> RayTrainResult:
     """Run the editor loop on `cfg.train.num_workers` Ray Train workers (Ray must be initialised).
 
     Re-running with the same `name` and storage path resumes that run from its latest checkpoint.
+    `callbacks`: Ray Train callbacks, e.g. `TuneReportCallback()` when a Tune trial runs this.
     """
     import ray.data
     import ray.train
@@ -183,6 +185,7 @@ def train_on_ray(
             storage_path=str(root),
             failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=tc.keep_checkpoints,
                 checkpoint_score_attribute=tc.early_stop_metric,
