@@ -68,7 +68,8 @@ class TrialEditorScorer:
     batch_size: int = 4
     metric: str = "val/edit_success"
     seed: int = 0
-    use_gpu: str = "false"
+    use_gpu: str = "false"  # false | true | auto
+    verbose: bool = False  # the trial's own training log (stderr)
 
     def trial_config(self, task: str, set_name: str) -> RunConfig:
         d = to_dict(self.base)
@@ -84,9 +85,17 @@ class TrialEditorScorer:
 
     def cache_key(self) -> str:
         d = to_dict(self)
+        d.pop("verbose")
         d["base"] = to_dict(self.base)
         blob = json.dumps(d, sort_keys=True, default=str)
         return f"TrialEditorScorer:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+    def _device(self) -> str:
+        import torch
+
+        if self.use_gpu == "true" or (self.use_gpu == "auto" and torch.cuda.is_available()):
+            return "cuda"
+        return "cpu"
 
     def __call__(self, task: str, instruction: str) -> float:
         # Imported here: the trainer is heavy, and a Ray worker imports it only when it trains.
@@ -106,7 +115,8 @@ class TrialEditorScorer:
                 val = load_records(cfg, "val", [task])
                 if self.val_records:
                     val = val[: self.val_records]
-                result = train_editor(cfg, train, val, out_dir=os.path.join(tmp, "run"))
+                # No checkpoints: a trial only reports its score.
+                result = train_editor(cfg, train, val, out_dir=None, verbose=self.verbose, device=self._device())
             finally:
                 if previous is None:
                     os.environ.pop("INSTRUCTEDIT_INSTRUCTION_SETS", None)

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from instructedit.instructions.local_writer import LocalWriter
 from instructedit.models import build_model
 

@@ -1,7 +1,6 @@
 """The OpenAI-compatible writer against a real HTTP server on 127.0.0.1, through the openai client."""
 
 import pytest
-
 from instructedit.instructions.openai_writer import OpenAIWriter, public_url, resolve_api_key
 from instructedit.instructions.writer import (
     WriterAuthError,
@@ -84,7 +83,7 @@ def test_timeout_retried_then_timeout_error(openai_server, monkeypatch):
 
 
 def test_client_error_not_retried(openai_server, monkeypatch):
-    w, delays = _writer(openai_server, monkeypatch)
+    w, _delays = _writer(openai_server, monkeypatch)
     openai_server.script = [("status", 400, "bad model")]
     with pytest.raises(WriterError, match="HTTP 400.*bad model"):
         w.generate(MSGS, n=1, seed=0)

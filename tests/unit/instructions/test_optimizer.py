@@ -3,9 +3,9 @@
 import csv
 import io
 import re
+from pathlib import Path
 
 import pytest
-
 from instructedit import tracking
 from instructedit.instructions.openai_writer import OpenAIWriter
 from instructedit.instructions.optimizer import OptimizeConfig, OptimizeError, optimize
@@ -27,8 +27,8 @@ def env(tmp_path, monkeypatch, tracking_uri):
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(rounds=10, candidates=2, patience=2, seed=3, executor="local", cache_dir=str(tmp_path / "cache"),
-                set_name="optimized")
+    base = {"rounds": 10, "candidates": 2, "patience": 2, "seed": 3, "executor": "local", "cache_dir": str(tmp_path / "cache"),
+                "set_name": "optimized"}
     base.update(kw)
     return OptimizeConfig(**base)
 
@@ -62,7 +62,7 @@ def test_loop_feeds_scores_back_stops_on_plateau_and_rerun_is_free(openai_server
     assert run.data.tags["kind"] == "optimize" and run.data.tags["tasks"] == "toy"
     assert run.data.params["optimize.candidates"] == "2"
     table = tracking.download_artifacts(res.run_id, "optimize/candidates.csv")
-    rows = list(csv.DictReader(io.StringIO(open(table).read())))
+    rows = list(csv.DictReader(io.StringIO(Path(table).read_text())))
     assert len(rows) == 8 and {r["round"] for r in rows} == {"1", "2", "3", "4"}
     assert float(rows[2]["score"]) == 0.3
     assert tracking.metric_history(res.run_id, "optimize/best_so_far")[-1] == (4, 0.3)
@@ -96,9 +96,7 @@ def test_round_budget_duplicates_and_ray_scoring_with_slots(openai_server, env, 
     assert saved[-1] == {"id": "su", "text": "Give [LABEL] opinions on [TOPIC] only.", "unseen": True}
     assert all("[LABEL]" in e["text"] and "[TOPIC]" in e["text"] for e in saved)
 
-
-def test_nothing_acceptable_is_an_error(openai_server, env, slot_task):
+    # Nothing acceptable at all (the slot is rejected, not repaired): a clear error.
     openai_server.responder = lambda body: ["Talk about [TOPIC] warmly and nothing else."] * body["n"]
-    writer = OpenAIWriter(model="fake", base_url=openai_server.url, max_retries=0)
     with pytest.raises(OptimizeError, match="could be scored"):
         optimize(slot_task, writer, LengthScorer(), _cfg(env, rounds=1, slot_policy="reject"))
