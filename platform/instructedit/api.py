@@ -26,9 +26,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -36,11 +37,27 @@ from .config import ConfigError, Instruction, TaskConfig, load_task
 from .data.batches import edit_batch, encode_pairs
 from .data.instructions import apply_template, choose_instruction, fill_slots
 from .data.record import EditRecord, Sentiment
-from .editor.editor import AppliedEdits, CheckpointMismatch, Edits, MendEditor, edits_digest, load_checkpoint_file
+from .editor.editor import (
+    AppliedEdits,
+    CheckpointMismatch,
+    Edits,
+    MendEditor,
+    edits_digest,
+    load_checkpoint_file,
+)
 from .models import LoadedModel
 
-__all__ = ["EditRequest", "RequestError", "CheckpointMismatch", "BoundEditor", "EditResult", "ProbeResult",
-           "RequestInfo", "load_editor", "read_requests"]
+__all__ = [
+    "BoundEditor",
+    "CheckpointMismatch",
+    "EditRequest",
+    "EditResult",
+    "ProbeResult",
+    "RequestError",
+    "RequestInfo",
+    "load_editor",
+    "read_requests",
+]
 
 # The {task} slot when an explicit instruction comes without a task.
 GENERIC_TASK = "Knowledge Editing"
@@ -198,7 +215,7 @@ class EditResult:
     def revert(self) -> None:
         self._handle.revert()
 
-    def __enter__(self) -> EditResult:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -257,15 +274,15 @@ def model_card(m: dict[str, Any]) -> str:
     lines = [
         f"# {base['name']} edited with InstructEdit",
         "",
-        f"This model is `{base['name']}` ({base.get('source_ref') or base['source']}) with {len(m['edits'])} "
-        "fact edit(s) applied by a trained InstructEdit (MEND-style) editor. The edits are summed into the "
-        f"weights {', '.join(f'`{w}`' for w in ed['edited_weights'])}; everything else is unchanged.",
+        (f"This model is `{base['name']}` ({base.get('source_ref') or base['source']}) with {len(m['edits'])} "
+         "fact edit(s) applied by a trained InstructEdit (MEND-style) editor. The edits are summed into the "
+         f"weights {', '.join(f'`{w}`' for w in ed['edited_weights'])}; everything else is unchanged."),
         "",
         "## Editor",
         "",
         f"- checkpoint: `{ed['checkpoint']}`" + (f" (MLflow run `{ed['run_id']}`)" if ed.get("run_id") else ""),
-        f"- run: {ed.get('run_name') or '?'} (mode {ed.get('mode') or '?'}, instruction setting "
-        f"{ed.get('instruction_setting') or '?'}, tasks {', '.join(ed.get('tasks') or []) or '?'})",
+        (f"- run: {ed.get('run_name') or '?'} (mode {ed.get('mode') or '?'}, instruction setting "
+         f"{ed.get('instruction_setting') or '?'}, tasks {', '.join(ed.get('tasks') or []) or '?'})"),
         f"- trained for base model fingerprint `{base['fingerprint']}`; editor step {ed.get('step', '?')}",
         f"- edits digest `{m['edits_digest']}`; created {m['created']}",
         "",
@@ -283,8 +300,8 @@ def model_card(m: dict[str, Any]) -> str:
         after = "" if pr["p_after"] is None else f"{pr['p_after']:.3g}"
         lines.append(f"| {i} | {cell(e['prompt'])} | {cell(e['target'])} | {e['task'] or '-'} | "
                      f"{cell(e['instruction']) or '-'} | {pr['p_before']:.3g} | {after} |")
-    lines += ["", "Rephrases and per-probe numbers are in `edits.json`. Load with "
-              "`AutoModelForCausalLM.from_pretrained(<this dir>)`.", ""]
+    lines += ["", ("Rephrases and per-probe numbers are in `edits.json`. Load with "
+                   "`AutoModelForCausalLM.from_pretrained(<this dir>)`."), ""]
     return "\n".join(lines)
 
 
@@ -494,6 +511,27 @@ def _find_in_dir(d: Path) -> Path:
     return found[-1]  # step-NNNNNN dirs sort by step: the latest
 
 
+def _download_run_checkpoint(run_id: str, tracking_uri: str | None) -> Path:
+    """The run's `checkpoint` artifact, downloaded once into the cache (runs are immutable)."""
+    from . import tracking
+    from .models import cache_dir
+
+    target = cache_dir() / "editors" / run_id
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{run_id}-"))
+        try:
+            tracking.download_artifacts(run_id, "checkpoint", dst=str(tmp), tracking_uri=tracking_uri)
+            if not target.exists():
+                os.replace(tmp, target)
+        except Exception as e:  # noqa: BLE001 - mlflow raises its own exception types
+            raise FileNotFoundError(f"MLflow run {run_id}: cannot download its 'checkpoint' artifact: {e}") from None
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return _find_in_dir(target)
+
+
 def resolve_checkpoint(path_or_run: str | os.PathLike, tracking_uri: str | None = None) -> tuple[Path, str]:
     """(editor.pt path, run id or "") for a checkpoint file, a directory or an MLflow run id."""
     p = Path(path_or_run)
@@ -503,14 +541,7 @@ def resolve_checkpoint(path_or_run: str | os.PathLike, tracking_uri: str | None 
         return _find_in_dir(p), ""
     s = str(path_or_run)
     if _RUN_ID.match(s):
-        from . import tracking
-
-        try:
-            local = tracking.download_artifacts(s, "checkpoint", tracking_uri=tracking_uri)
-        except Exception as e:  # mlflow raises its own exception types
-            raise FileNotFoundError(f"MLflow run {s}: cannot download its 'checkpoint' artifact: {e}") from None
-        lp = Path(local)
-        return (lp if lp.is_file() else _find_in_dir(lp)), s
+        return _download_run_checkpoint(s, tracking_uri), s
     raise FileNotFoundError(f"editor checkpoint not found: {s} (give an editor.pt file, a directory "
                             "holding one, or an MLflow run id)")
 

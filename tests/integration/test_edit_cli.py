@@ -7,7 +7,6 @@ import random
 
 import pytest
 import torch
-
 from instructedit.cli import main
 from instructedit.data.record import EditRecord, Probe
 
@@ -45,9 +44,8 @@ def ckpt(tmp_path_factory):
 
 
 def test_edit_compare_and_save(ckpt, tmp_path, capsys):
-    from transformers import AutoModelForCausalLM
-
     from instructedit import EditRequest, load_editor
+    from transformers import AutoModelForCausalLM
 
     out = tmp_path / "edited"
     rc = main(["edit", "--editor", str(ckpt), "--prompt", "The color of vbz is", "--target", "gold",

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-
 from instructedit.api import EditRequest, RequestError, load_editor, read_requests
 from instructedit.data.record import EditRecord, Probe
 from instructedit.editor.editor import CheckpointMismatch
@@ -218,14 +217,21 @@ def test_read_requests(tmp_path):
         read_requests(tmp_path / "empty.jsonl")
 
 
-def test_load_from_directory_and_mlflow_run(ckpt, tracking_uri):
+def test_load_from_directory_and_mlflow_run(ckpt, tracking_uri, tmp_path, monkeypatch):
     from instructedit import tracking
+
+    monkeypatch.setenv("INSTRUCTEDIT_CACHE", str(tmp_path / "cache"))
 
     assert load_editor(ckpt.parent.parent).checkpoint == str(ckpt)  # training output dir -> best/
     with tracking.run("api-test", "edit") as rid:
         tracking.log_artifact(ckpt, "checkpoint/best")
     ed = load_editor(rid)
     assert ed.run_id == rid and ed.model_name == "tiny-llama"
+    assert ed.checkpoint.startswith(str(tmp_path / "cache" / "editors" / rid)) and ed.checkpoint.endswith("best/editor.pt")
+    assert load_editor(rid).checkpoint == ed.checkpoint  # cached: no second download
+    with pytest.raises(FileNotFoundError, match="cannot download"):
+        load_editor("0" * 32)
+    assert [p.name for p in (tmp_path / "cache" / "editors").iterdir()] == [rid]  # no temp dir left
     with pytest.raises(FileNotFoundError, match="not found"):
         load_editor("/nonexistent/editor.pt")
 
@@ -239,4 +245,4 @@ def test_package_exports_are_lazy():
     assert instructedit.load_editor is api.load_editor and instructedit.EditRequest is EditRequest
     assert instructedit.read_requests is read_requests
     with pytest.raises(AttributeError):
-        instructedit.no_such_name
+        _ = instructedit.no_such_name
