@@ -22,6 +22,7 @@ demo: install
 	$(BIN)/python -m instructedit.demo
 
 test: install
+	bash scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest -q -x --timeout=900 tests
 
 lint: install

@@ -42,3 +42,36 @@ def ray_local():
                  configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_editor_checkpoint(tmp_path_factory) -> Path:
+    """A tiny-llama editor trained for a few seconds on synthetic facts (shared by several tests)."""
+    import random
+
+    from instructedit.config import load_run_config
+    from instructedit.data.record import EditRecord, Probe
+    from instructedit.train.loop import train_editor
+
+    rng = random.Random(0)
+    words = ["red", "blue", "gold", "jade", "iron", "salt", "wolf", "bear", "oak", "elm"]
+
+    def recs(n, tag):
+        out = []
+        for i in range(n):
+            subj = "".join(rng.choice("bcdfghklmnprstvz") for _ in range(3))
+            out.append(EditRecord(task="counterfact", case_id=f"fx-{tag}-{i}", prompt=f"The color of {subj} is",
+                                  target_new=rng.choice(words), subject=subj,
+                                  locality=[Probe("neighborhood", f"The home of {subj[::-1]} is", [rng.choice(words)])]))
+        return out
+
+    cfg = load_run_config(None, {
+        "model": "tiny-llama", "mode": "multi-task", "data.instruction_setting": "none",
+        "editor.rank": 64, "editor.lr": 1e-3, "editor.lr_lr": 1e-3, "editor.edit_lr": 1e-2,
+        "editor.c_edit": 1.0, "editor.c_loc": 100.0, "train.batch_size": 8, "train.max_steps": 60,
+        "train.val_every": 30, "train.log_every": 30, "train.val_size": 16, "train.max_length": 48,
+    })
+    out = tmp_path_factory.mktemp("tiny-editor")
+    result = train_editor(cfg, recs(200, "train"), recs(16, "val"), out, verbose=False)
+    assert result.checkpoint is not None
+    return result.checkpoint

@@ -254,7 +254,11 @@ def load_records(cfg: RunConfig, split: str, tasks: list[str] | None = None) -> 
         return out
     data_dir = resolve_data_dir(cfg=cfg)
     for name in names:
-        out += build_task(load_task(name), data_dir, cfg.data).splits[split]
+        res = build_task(load_task(name), data_dir, cfg.data)
+        if res.rejects:  # on_error=skip: say what was left out, never drop silently
+            first = res.rejects[0]
+            print(f"[data] {name}: skipped {len(res.rejects)} bad record(s), first: {first}", file=sys.stderr)
+        out += res.splits[split]
     return out
 
 

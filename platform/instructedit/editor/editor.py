@@ -81,6 +81,9 @@ class MendEditor(nn.Module):
     def device(self) -> torch.device:
         return self.edit_lrs.device
 
+    def edits_in_dim(self, name: str) -> int:
+        return weight_shape(self.layers[name])[1]
+
     def lower(self, batch: TokenBatch) -> torch.Tensor:
         return self.split.lower(batch.input_ids, batch.attention_mask)
 
