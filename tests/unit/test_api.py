@@ -173,6 +173,8 @@ def test_checkpoint_for_another_model(ckpt):
     from instructedit.models import build_model
 
     other = build_model("tiny-llama")
+    plain = load_editor(ckpt, model=other.model, tokenizer=other.tokenizer)  # a plain HF model is fine
+    assert plain.model is other.model
     with torch.no_grad():
         other.model.model.layers[-1].mlp.down_proj.weight.mul_(1.01)
     with pytest.raises(CheckpointMismatch, match="fingerprint"):
