@@ -117,14 +117,14 @@ def resolve_address(address: str | None) -> str:
 
 def _auth_error(e: Exception, address: str, token: Token | None) -> ClusterError:
     text = str(e)
+    if token is None:  # the server said 401, or Ray's own client (RAY_AUTH_MODE=token) found no token either
+        return ClusterError(f"the Ray cluster at {address} requires an authentication token and none was "
+                            f"found: {TOKEN_HELP}")
     if "401" in text or "Missing" in text or "Authentication required" in text:
-        if token is None:
-            return ClusterError(f"the Ray cluster at {address} requires an authentication token and none was "
-                                f"found: {TOKEN_HELP}")
         return ClusterError(f"the Ray cluster at {address} did not accept the token from {token.source} "
                             f"(401: missing token)")
     return ClusterError(f"the Ray cluster at {address} refused the authentication token from "
-                        f"{token.source if token else 'nowhere'}: wrong token (403). {TOKEN_HELP[0].upper()}{TOKEN_HELP[1:]}")
+                        f"{token.source}: wrong token (403). {TOKEN_HELP[0].upper()}{TOKEN_HELP[1:]}")
 
 
 def _call(fn: Callable[[], Any], address: str, token: Token | None) -> Any:
@@ -172,8 +172,16 @@ class Jobs:
                 raise ClusterError(f"no such job on {self.address}: {msg}") from None
             raise ClusterError(f"the job API at {self.address} failed: {msg}") from None
 
-    def submit(self, **kw) -> str:
-        return self._c(lambda: self.client.submit_job(**kw))
+    def submit(self, retry_s: float = 60.0, **kw) -> str:
+        # A head that has just started may not have its job agent yet: the API answers 500 for a while.
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                return self._c(lambda: self.client.submit_job(**kw))
+            except ClusterError as e:
+                if "No available agent" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
 
     def status(self, job_id: str) -> str:
         return str(self._c(lambda: self.client.get_job_status(job_id)).value)

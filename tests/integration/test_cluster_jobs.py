@@ -185,9 +185,10 @@ def head():
 
 
 def cli(head: LocalHead | None, *args: str, token: str | None = "head", home: Path | None = None,
-        timeout: float = 240) -> subprocess.CompletedProcess:
+        timeout: float = 240, **extra_env: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env.update(extra_env)
     if token is not None:
         env["RAY_AUTH_TOKEN"] = head.token if token == "head" else token
     if home is not None:
@@ -245,9 +246,12 @@ def test_wrong_or_missing_token_is_refused(head, tmp_path):
     assert wrong not in r.stdout + r.stderr and "Traceback" not in r.stderr
 
     (tmp_path / "home").mkdir()
-    r = cli(head, "submit", "prepare", "--address", head.address, token=None, home=tmp_path / "home")
-    assert r.returncode == 2
-    assert "requires an authentication token and none was found" in r.stderr, r.stderr
+    for mode in ("", "token"):  # RAY_AUTH_MODE=token: Ray's own client looks for a token too, and fails
+        r = cli(head, "submit", "prepare", "--address", head.address, token=None, home=tmp_path / "home",
+                RAY_AUTH_MODE=mode)
+        assert r.returncode == 2
+        assert "requires an authentication token and none was found" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
 
     after = cli(head, "jobs", "list", "--all", "--json", "--address", head.address).stdout
     assert before == after  # nothing was submitted
