@@ -4,18 +4,21 @@ with the same seed makes no new LLM calls and no new trials."""
 
 import re
 
+import pytest
+
 from instructedit import tracking
 from instructedit.cli import main
 from instructedit.config import load_run_config
 from instructedit.instructions.sets import load_set
 
 
+@pytest.mark.slow
 def test_optimize_with_local_writer_and_trial_editor(tmp_path, monkeypatch, tracking_uri, shared_data, ray_local,
                                                      capsys):
     monkeypatch.setenv("INSTRUCTEDIT_INSTRUCTION_SETS", str(tmp_path / "sets"))
-    args = ["optimize-instructions", "--task", "recent", "--backend", "local", "--model", "smollm2-135m",
+    args = ["optimize-instructions", "--task", "recent", "--backend", "local", "--model", "smollm2-135m", "--max-tokens", "40",
             "--rounds", "2", "--candidates", "2", "--patience", "1", "--seed", "1",
-            "--scorer", "trial", "--trial-model", "tiny-llama", "--trial-steps", "4", "--trial-records", "8",
+            "--scorer", "trial", "--trial-model", "tiny-llama", "--trial-steps", "2", "--trial-records", "8",
             "--trial-val-records", "4", "--trial-batch-size", "2", "--cache-dir", str(tmp_path / "cache"),
             "--set-name", "opt-test", "--experiment", "optimize-it"]
     assert main(args) == 0
