@@ -18,6 +18,8 @@ _PREFIX = re.compile(
     re.IGNORECASE,
 )
 _PREAMBLE = re.compile(r"^(sure|here|certainly|okay|ok|of course)\b.*[:!]\s*$", re.IGNORECASE)
+# Small writers parrot the feedback ("The instruction's performance is 0.589."): not an instruction.
+_ECHO = re.compile(r"\s*(the )?instruction'?s? performance is\s*[\d.]+\d\.?\s*", re.IGNORECASE)
 _QUOTES = "\"'`“”‘’*_"
 
 
@@ -75,6 +77,7 @@ def clean(raw: str, slots: tuple[str, ...] = (), *, max_chars: int = 300, min_wo
           slot_policy: str = "repair") -> Cleaned:
     """One completion -> one instruction (the first substantive line), or a rejection reason."""
     text = _first_line(raw)
+    text = _ECHO.sub(" ", text)
     text = _PREFIX.sub("", text).strip()
     text = text.strip(_QUOTES + " ").strip()
     text = text.replace("**", "")

@@ -20,6 +20,11 @@ def test_clean_strips_preamble_numbering_and_quotes():
         "Replace the fact with the new target answer."
 
 
+def test_clean_drops_parroted_feedback():
+    c = clean("The instruction's performance is 0.589. Rewrite the fact to the new answer.")
+    assert c.text == "Rewrite the fact to the new answer."
+
+
 def test_clean_rejects_empty_and_short():
     assert clean("   \n ").status == "rejected:empty"
     assert clean("Edit it.").status == "rejected:too_short"
