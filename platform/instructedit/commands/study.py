@@ -1,0 +1,102 @@
+"""`instructedit study NAME`: run (or resume) a Ray Tune study of configs/studies/NAME.yaml."""
+
+from __future__ import annotations
+
+HELP = "run a Ray Tune study (task-scaling, instructions, convsent-balance, hparams, ...) tracked in MLflow"
+DESCRIPTION = (
+    "Runs the study NAME (configs/studies/NAME.yaml or a YAML path): each trial trains an editor with "
+    "Ray Train, reporting val metrics to Tune (ASHA can stop weak trials), then tests its best "
+    "checkpoint on the study's test tasks. MLflow gets one parent run per study and one nested run "
+    "per trial; the parent holds summary.csv (trial x metrics) and the best trial's config. An "
+    "interrupted study (Ctrl+C, a lost machine, --stop-after) continues with --resume without "
+    "rerunning finished trials. --set key=value overrides the run config of every trial "
+    "(train.max_steps=50) or, prefixed with study., the study itself (study.test.max_records=50)."
+)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("name", nargs="?", help="study name (configs/studies) or a study YAML path")
+    p.add_argument("--trials", type=int, default=None,
+                   help="grid/random: samples per grid point; optuna: trials (default: the YAML's)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at a time (default: the YAML's)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study (Tuner.restore)")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="run-config overrides for every trial, or study.<field>=value for the study")
+    p.add_argument("--storage", default="studies", help="folder of study experiment directories")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite "
+                   "under ./mlruns)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
+    p.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="interrupt the study once N more trials finished (continue later with --resume)")
+    p.add_argument("--list", action="store_true", help="list the shipped studies and exit")
+    p.add_argument("--show", action="store_true", help="print the resolved study and its base config, then exit")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _split_overrides(items: list[str]) -> tuple[dict, dict]:
+    from ..config import parse_overrides
+
+    parsed = parse_overrides(items)
+    study = {k: v for k, v in parsed.items() if k.startswith("study.")}
+    run = {k: v for k, v in parsed.items() if not k.startswith("study.")}
+    return study, run
+
+
+def _print_table(out) -> None:
+    metric = out.metric
+    print(f"\n{'trial':<14} {'status':<8} {metric:>24}  searched")
+    for r in sorted(out.trials, key=lambda r: r.trial_id):
+        v = r.metrics.get(metric)
+        val = "" if v is None else f"{v * 100:.2f}"
+        params = " ".join(f"{k}={v}" for k, v in r.params.items())
+        print(f"{r.trial_id:<14} {r.status:<8} {val:>24}  {params}" + (f"  ({r.error})" if r.error else ""))
+
+
+def run(args) -> int:
+    import sys
+
+    import yaml
+
+    from ..config import ConfigError, to_dict
+    from ..studies.spec import dump, list_studies, load_study
+
+    if args.list or not args.name:
+        for name in list_studies():
+            spec = load_study(name, check=False)
+            print(f"{name:<18} {spec.description}")
+        return 0 if args.list else 2
+    try:
+        study_ov, run_ov = _split_overrides(args.overrides)
+        spec = load_study(args.name, study_ov)
+        if args.show:
+            print(dump(spec))
+            print("# base run config of every trial (before the searched values):")
+            print(yaml.safe_dump(to_dict(spec.base_config(run_ov)), sort_keys=False))
+            return 0
+    except ConfigError as e:
+        print(f"instructedit study: {e}", file=sys.stderr)
+        return 2
+
+    from ..studies.runner import run_study
+
+    try:
+        out = run_study(spec, extra_overrides=run_ov, storage=args.storage, tracking_uri=args.tracking_uri,
+                        resume=args.resume, trials=args.trials, max_concurrent=args.max_concurrent,
+                        stop_after=args.stop_after, address=args.address, verbose=not args.quiet)
+    except (FileExistsError, FileNotFoundError, ConfigError) as e:
+        print(f"instructedit study: {e}", file=sys.stderr)
+        return 2
+
+    _print_table(out)
+    print(f"\nsummary:  {out.summary_path}")
+    print(f"MLflow:   parent run {out.parent_run_id} (experiment {out.experiment!r}, {out.tracking_uri})")
+    if out.best is not None:
+        print(f"best:     trial {out.best.trial_id} ({out.metric} = {out.best.metrics[out.metric] * 100:.2f}); "
+              f"MLflow run {out.best.run_id}")
+        print(f"checkpoint: {out.best_checkpoint}")
+        print("config:")
+        print("  " + yaml.safe_dump(to_dict(out.best_config), sort_keys=False).replace("\n", "\n  ").rstrip())
+    if not out.finished:
+        print(f"\nstudy interrupted: continue with `instructedit study {args.name} --resume --storage {args.storage}`")
+        return 0 if args.stop_after else 130
+    return 0 if out.count("done") else 1
