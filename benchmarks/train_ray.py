@@ -14,6 +14,7 @@ with --threads 1 by default for a like-for-like comparison.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -29,16 +30,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if len(os.environ.get("RAY_TMPDIR", "")) == 0:
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short unix-socket paths
 
-import torch  # noqa: E402
-
-from instructedit.config import load_run_config  # noqa: E402
-from instructedit.data.pipeline import load_records  # noqa: E402
-from instructedit.train.loop import LoopHooks, train_editor  # noqa: E402
-from instructedit.train.trainer import WorkerHooks, canonical_order, init_ray, train_on_ray  # noqa: E402
+import torch
+from instructedit.config import load_run_config
+from instructedit.data.pipeline import load_records
+from instructedit.train.loop import LoopHooks, train_editor
+from instructedit.train.trainer import WorkerHooks, canonical_order, init_ray, train_on_ray
 
 
 def timings(starts: list[float], t0: float, warmup: int) -> dict:
-    gaps = [b - a for a, b in zip(starts, starts[1:])][warmup:]
+    gaps = [b - a for a, b in itertools.pairwise(starts)][warmup:]
     return {
         "time_to_first_step_s": round(starts[1] - t0, 3),
         "steady_step_s": round(statistics.median(gaps), 4),

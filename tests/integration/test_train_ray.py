@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from instructedit import tracking
 from instructedit.config import load_run_config
 from instructedit.data.pipeline import load_records

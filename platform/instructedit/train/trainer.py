@@ -34,12 +34,12 @@ from typing import Any
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
-import torch  # noqa: E402
+import torch
 
-from ..config import RunConfig, from_dict, to_dict  # noqa: E402
-from ..data.record import records_to_table, table_to_records  # noqa: E402
-from .checkpoint import EDITOR_FILE, load_resume_state, step_dir_name, step_of  # noqa: E402
-from .loop import LoopHooks, train_editor  # noqa: E402
+from ..config import RunConfig, from_dict, to_dict
+from ..data.record import records_to_table, table_to_records
+from .checkpoint import EDITOR_FILE, load_resume_state, step_dir_name, step_of
+from .loop import LoopHooks, train_editor
 
 
 # ------------------------------------------------------------------------------------- driver

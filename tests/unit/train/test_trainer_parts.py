@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from instructedit import tracking
 from instructedit.cli import build_parser
 from instructedit.config import load_run_config
