@@ -373,10 +373,13 @@ def build_submission(
     }
     runtime_env = merge_runtime_env(runtime_env, user_env)
     for k, v in runtime_env.get("env_vars", {}).items():
-        if not isinstance(v, str):
-            raise ClusterError(f"runtime_env env_vars must be strings: {k}={v!r}")
-        if k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-            raise ClusterError(f"do not ship {k} in the job's environment: the cluster has its own token")
+        problem = (f"runtime_env env_vars must be strings: {k}={v!r}" if not isinstance(v, str) else
+                   f"do not ship {k} in the job's environment: the cluster has its own token"
+                   if k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH") else "")
+        if problem:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise ClusterError(problem)
     sid = submission_id or f"instructedit-{job}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     metadata = {"instructedit_job": job, "instructedit_args": shlex.join(job_args)[:1000]}
     return Submission(entrypoint, runtime_env, sid, metadata, shipped, staging)

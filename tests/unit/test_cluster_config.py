@@ -181,12 +181,16 @@ def test_build_submission_ships_configs_and_the_package(tmp_path):
     finally:
         sub.cleanup()
     assert not staged.exists()
+    import tempfile
+
+    staged_before = set(Path(tempfile.gettempdir()).glob("instructedit-job-*"))
     with pytest.raises(cluster.ClusterError, match="unknown job"):
         cluster.build_submission("nope", [])
     with pytest.raises(cluster.ClusterError, match="own token"):
         cluster.build_submission("report", [], env_vars={"RAY_AUTH_TOKEN": "x"})
     with pytest.raises(cluster.ClusterError, match="JSON"):
         cluster.build_submission("report", [], runtime_env_json="{")
+    assert set(Path(tempfile.gettempdir()).glob("instructedit-job-*")) == staged_before  # nothing left behind
 
 
 def test_every_job_has_an_entry_point_or_a_command():
