@@ -284,7 +284,13 @@ def load_study(name_or_path: str | os.PathLike, overrides: dict[str, Any] | None
     for k, v in (overrides or {}).items():
         if not k.startswith("study."):
             raise ConfigError(f"study override {k!r} must start with 'study.'")
-        _set_dotted(raw, k[len("study."):], v)
+        if k.startswith(("study.space.", "study.overrides.")):  # their keys are dotted
+            section, key = k[len("study."):].split(".", 1)
+            if not isinstance(raw.get(section), dict):
+                raw[section] = {}
+            raw[section][key] = v
+        else:
+            _set_dotted(raw, k[len("study."):], v)
     where = str(path)
     raw.setdefault("name", path.stem)
     space_raw = raw.pop("space", None)
