@@ -20,6 +20,8 @@ _PREFIX = re.compile(
 _PREAMBLE = re.compile(r"^(sure|here|certainly|okay|ok|of course)\b.*[:!]\s*$", re.IGNORECASE)
 # Small writers parrot the feedback ("The instruction's performance is 0.589."): not an instruction.
 _ECHO = re.compile(r"\s*(the )?instruction'?s? performance is\s*[\d.]+\d\.?\s*", re.IGNORECASE)
+# A score in the feedback's format (0.650): the writer is talking about scores, not the task.
+_SCORE = re.compile(r"\b[01]\.\d{2,}\b")
 _QUOTES = "\"'`“”‘’*_"
 
 
@@ -85,6 +87,8 @@ def clean(raw: str, slots: tuple[str, ...] = (), *, max_chars: int = 300, min_wo
     text = _canonical_slots(text, slots)
     if not text:
         return Cleaned("", "rejected:empty", raw)
+    if _SCORE.search(text):
+        return Cleaned(text, "rejected:echoes_scores", raw)
     if slot_policy not in ("repair", "reject"):
         raise ValueError(f"slot_policy must be repair|reject, got {slot_policy!r}")
     if slot_policy == "reject" and any(s not in text for s in slots):

@@ -23,6 +23,7 @@ def test_clean_strips_preamble_numbering_and_quotes():
 def test_clean_drops_parroted_feedback():
     c = clean("The instruction's performance is 0.589. Rewrite the fact to the new answer.")
     assert c.text == "Rewrite the fact to the new answer."
+    assert clean("The best instructions are 0.650 and not available.").status == "rejected:echoes_scores"
 
 
 def test_clean_rejects_empty_and_short():
