@@ -331,6 +331,8 @@ def _check(spec: StudySpec, where: str, deep: bool = True) -> None:
         raise ConfigError(f"{where}: searcher must be one of {SEARCHERS}, got {spec.searcher!r}")
     if spec.scheduler.type not in SCHEDULERS:
         raise ConfigError(f"{where}: scheduler.type must be one of {SCHEDULERS}, got {spec.scheduler.type!r}")
+    if spec.resources.cpu <= 0 and spec.resources.gpu <= 0:
+        raise ConfigError(f"{where}: resources: a trial needs some cpu or gpu (fractions are fine, e.g. cpu: 0.5)")
     if spec.trials < 1 or spec.max_concurrent < 1:
         raise ConfigError(f"{where}: trials and max_concurrent must be >= 1")
     if spec.searcher == "grid" and any(not p.categorical for p in spec.space):

@@ -146,7 +146,8 @@ def test_bad_study_fields_are_rejected(tmp_path):
     for extra, match in [("mode: up\n", "mode must be"), ("searcher: hyperopt\n", "searcher"),
                          ("scheduler: {type: pbt}\n", "scheduler.type"), ("trials: 0\n", "trials"),
                          ("nonsense: 1\n", "unknown key"), ("metric: reliability\n", "<split>/<task>/<metric>"),
-                         ("metric: val/zsre/reliability\n", "test split")]:
+                         ("metric: val/zsre/reliability\n", "test split"),
+                         ("resources: {cpu: 0}\n", "needs some cpu")]:
         with pytest.raises(ConfigError, match=match):
             load_study(write(tmp_path, MINIMAL + extra))
     with pytest.raises(ConfigError, match="unknown study"):
