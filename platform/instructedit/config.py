@@ -142,6 +142,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     storage_path: str = ""  # "" = ./runs
     max_length: int = 96  # token cap of one sequence
+    hidden_cache_mb: float = 2048  # cache of frozen lower-layer hidden states per sequence (0 = off)
+    sentiment_sentences: int = 1  # ConvSent good and bad sentences per edit in a training step
 
 
 @dataclass(frozen=True)

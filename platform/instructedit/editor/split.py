@@ -32,6 +32,19 @@ class SplitModel:
         self.final_norm = get_module(model, cfg.final_norm)
         self.head = get_module(model, cfg.lm_head)
         self.pos_emb = get_module(model, cfg.position_embedding) if cfg.position_embedding else None
+        self._cache: dict[tuple[int, ...], torch.Tensor] | None = None
+        self._cache_budget = 0
+        self.cache_hits = self.cache_misses = 0
+
+    def enable_cache(self, max_mb: float) -> None:
+        """Keep each sequence's lower hidden states: the base model is frozen, so a record seen
+        again (next epoch, next validation, pre vs post) never reruns the lower blocks."""
+        self._cache = {}
+        self._cache_budget = int(max_mb * 2**20)
+
+    def clear_cache(self) -> None:
+        if self._cache is not None:
+            self._cache.clear()
 
     @contextlib.contextmanager
     def _blocks(self, blocks: list[nn.Module]) -> Iterator[None]:
@@ -44,6 +57,31 @@ class SplitModel:
 
     def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states entering block `split_at` (no grad: the lower blocks are frozen)."""
+        if self._cache is None:
+            return self._lower(input_ids, attention_mask)
+        lengths = attention_mask.sum(1).tolist()
+        keys = [tuple(input_ids[i, :n].tolist()) for i, n in enumerate(lengths)]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        self.cache_hits += len(keys) - len(missing)
+        self.cache_misses += len(missing)
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            width = max(lengths[i] for i in missing)
+            idx = torch.tensor(missing, device=input_ids.device)
+            h = self._lower(input_ids[idx, :width], attention_mask[idx, :width])
+            for j, i in enumerate(missing):
+                row = h[j, : lengths[i]].clone()
+                fresh[i] = row
+                if self._cache_budget > row.numel() * row.element_size():
+                    self._cache[keys[i]] = row
+                    self._cache_budget -= row.numel() * row.element_size()
+        first = fresh[missing[0]] if missing else self._cache[keys[0]]
+        out = first.new_zeros(input_ids.shape[0], input_ids.shape[1], first.shape[-1])
+        for i, k in enumerate(keys):
+            out[i, : lengths[i]] = fresh[i] if i in fresh else self._cache[k]
+        return out
+
+    def _lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         captured: list[torch.Tensor] = []
 
         def grab(_mod, args, kwargs):

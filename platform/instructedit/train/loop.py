@@ -153,6 +153,8 @@ def train_editor(
         raise ValueError("no validation records: training never validates on training data")
 
     editor = editor or build_editor(cfg, loaded, str(device))
+    if tc.hidden_cache_mb > 0:
+        editor.split.enable_cache(tc.hidden_cache_mb)
     editor.train()
     step_module: nn.Module = StepModule(editor, cfg)
     if world > 1:
@@ -198,7 +200,8 @@ def train_editor(
         records = batch_for(step)
         if hooks.on_batch:
             hooks.on_batch(step, records)
-        batch = make_step_batch(records, editor.tokenizer, tc.max_length, seed=tc.seed * 100003 + step).to(device)
+        batch = make_step_batch(records, editor.tokenizer, tc.max_length, seed=tc.seed * 100003 + step,
+                                n_sentences=tc.sentiment_sentences).to(device)
         # bf16 autocast on GPU (trainer.py); the hypernetwork's parameters and Adam stay fp32.
         with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss, metrics = step_module(batch)

@@ -135,3 +135,20 @@ def test_checkpoint_roundtrip_and_mismatch(tmp_path, loaded):
     other = build_model("tiny-gpt2" if loaded.config.name == "tiny-llama" else "tiny-llama")
     with pytest.raises(ValueError, match="trained"):
         MendEditor.from_checkpoint(path, other)
+
+
+def test_lower_cache_gives_same_hidden_states(loaded):
+    ed = make_editor(loaded)
+    b = make_batch(loaded.tokenizer)
+    plain = ed.lower(b)
+    ed.split.enable_cache(16)
+    try:
+        first = ed.lower(b.select([0, 2]))  # fills part of the cache
+        mixed = ed.lower(b)  # hits for rows 0 and 2, computes row 1
+        assert ed.split.cache_hits == 2 and ed.split.cache_misses == 3
+        mask = b.attention_mask.bool()
+        torch.testing.assert_close(mixed[mask], plain[mask], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(first[0][: int(b.attention_mask[0].sum())], plain[0][: int(b.attention_mask[0].sum())],
+                                   atol=1e-5, rtol=1e-5)
+    finally:
+        ed.split._cache = None
