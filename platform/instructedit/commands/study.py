@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted study (Tuner.restore)")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                    help="run-config overrides for every trial, or study.<field>=value for the study")
-    p.add_argument("--storage", default="studies", help="folder of study experiment directories")
+    p.add_argument("--storage", default="runs/studies", help="folder of study experiment directories")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite "
                    "under ./mlruns)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")

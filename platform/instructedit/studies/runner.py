@@ -196,7 +196,7 @@ class StopAfter(Callback):
 
 # -------------------------------------------------------------------------------------- driver
 def study_dir(spec_name: str, storage: str | os.PathLike | None = None) -> Path:
-    return Path(storage or "studies").expanduser().resolve() / spec_name
+    return Path(storage or "runs/studies").expanduser().resolve() / spec_name
 
 
 def _env() -> dict[str, str]:
