@@ -205,3 +205,17 @@ def test_cli_list_and_show(capsys):
     assert shown["test"]["max_records"] == 2 and shown["space"]["data.tasks"]["grid"][0] == ["recent"]
     assert "max_steps: 6" in out.split("# base run config")[1]
     assert main(["study", "smoke", "--show", "--set", "study.mode=up"]) == 2
+
+
+def test_hparams_builds_optuna_searcher_and_asha_scheduler():
+    from instructedit.studies.runner import _scheduler, _search_alg
+
+    spec = load_study("hparams")
+    base = spec.base_config()
+    asha = _scheduler(spec, base)
+    assert type(asha).__name__ == "AsyncHyperBandScheduler" and asha.metric == "val/score"
+    assert asha._max_t == base.train.max_steps // base.train.val_every + 1
+    searcher = _search_alg(spec)
+    assert searcher.metric == "test/avg/edit_success" and searcher.mode == "max"
+    searcher.on_trial_result("t0", {"val/score": 0.3, "training_iteration": 1})  # val-only: ignored
+    assert _scheduler(load_study("smoke"), base) is None and _search_alg(load_study("smoke")) is None
