@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from instructedit.config import load_run_config
 from instructedit.data.batches import TokenBatch
 from instructedit.data.pipeline import load_records

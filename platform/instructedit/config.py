@@ -221,7 +221,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping")
         return dict(value)
     if args and type(None) in args:  # Optional[X]
-        inner = [a for a in args if a is not type(None)][0]
+        inner = next(a for a in args if a is not type(None))
         return _convert(inner, value, where)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):

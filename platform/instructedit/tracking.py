@@ -8,20 +8,22 @@ overrides. Secrets never reach params, tags or logged text: `redact` strips them
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 
-import mlflow  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+import mlflow
+from mlflow.tracking import MlflowClient
 
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorization|credential)", re.I)
+_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorization|credential)", re.IGNORECASE)
 _SECRET_VALUE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+\S+)")
 
 
@@ -64,10 +66,10 @@ def redact(params: dict[str, Any]) -> dict[str, Any]:
 def git_commit() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip() or "unknown"
-    except Exception:
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
         return "unknown"
 
 
@@ -116,7 +118,7 @@ def log_params(params: dict[str, Any], run_id: str | None = None) -> None:
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
-    clean = {k: float(v) for k, v in metrics.items() if v is not None and v == v}
+    clean = {k: float(v) for k, v in metrics.items() if v is not None and not math.isnan(float(v))}
     if run_id:
         client = MlflowClient()
         for k, v in clean.items():

@@ -5,7 +5,6 @@ with the same seed makes no new LLM calls and no new trials."""
 import re
 
 import pytest
-
 from instructedit import tracking
 from instructedit.cli import main
 from instructedit.config import load_run_config

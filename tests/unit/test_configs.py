@@ -1,9 +1,15 @@
 """Every shipped YAML loads into its typed config; bad values fail with the file and key named."""
 
 import pytest
-
 from instructedit.config import (
-    ConfigError, RunConfig, list_registry, load_model_config, load_run_config, load_task, to_dict, from_dict,
+    ConfigError,
+    RunConfig,
+    from_dict,
+    list_registry,
+    load_model_config,
+    load_run_config,
+    load_task,
+    to_dict,
 )
 
 

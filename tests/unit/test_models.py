@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-
 from instructedit.models import build_model, cache_dir, weight_fingerprint
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -208,7 +208,7 @@ class AppliedEdits:
                 self._layers[n].weight.copy_(w)
         self.active = False
 
-    def __enter__(self) -> AppliedEdits:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:

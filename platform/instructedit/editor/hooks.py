@@ -15,8 +15,8 @@ math on activations; only a dense apply needs to know that Conv1D stores W trans
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn

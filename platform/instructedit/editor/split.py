@@ -10,7 +10,7 @@ model's own backbone with its block list temporarily cut, so no model code is co
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

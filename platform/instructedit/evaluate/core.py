@@ -9,7 +9,7 @@ passes. The numbers equal one-record-at-a-time evaluation (tested).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -12,9 +12,9 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -269,7 +269,7 @@ def train_editor(
 
 def _agree(flag: bool) -> bool:
     """All workers take the same decision (the slowest clock rules)."""
-    rank, world = _world()
+    _, world = _world()
     if world == 1:
         return flag
     t = torch.tensor([1.0 if flag else 0.0])

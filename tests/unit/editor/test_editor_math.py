@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from instructedit.config import EditorConfig
 from instructedit.data.batches import encode_pairs
 from instructedit.editor.editor import MendEditor

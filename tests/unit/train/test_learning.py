@@ -4,8 +4,6 @@ short training, far above the unedited model, while locality stays high."""
 import random
 
 import pytest
-import torch
-
 from instructedit.config import load_run_config
 from instructedit.data.record import EditRecord, Probe
 from instructedit.evaluate.core import evaluate_batch, mend_edits, no_edits
