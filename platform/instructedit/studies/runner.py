@@ -34,7 +34,7 @@ import yaml
 from ray.tune import Callback
 
 from .. import tracking
-from ..config import ConfigError, RunConfig, flatten, to_dict
+from ..config import ConfigError, RunConfig, apply_overrides, flatten, from_dict, to_dict
 from .spec import Param, StudySpec, dump
 from .trial import FINAL, TRAIN_DIR, StudyHooks, TrialContext, run_trial
 
@@ -247,13 +247,13 @@ def run_study(
         lambda *a: None)
     sdir = study_dir(spec.name, storage)
     state_json, state_pkl = sdir / STATE_JSON, sdir / STATE_PKL
-    prior_run_id = None
+    prior_run_id, frozen = None, None
     if resume:
         if not state_pkl.exists() or not tune.Tuner.can_restore(str(sdir)):
             raise FileNotFoundError(f"nothing to resume: no study {spec.name!r} under {sdir.parent}")
         saved = pickle.loads(state_pkl.read_bytes())
         info = json.loads(state_json.read_text())
-        spec, extra_overrides = saved["spec"], saved["extra"]
+        spec, extra_overrides, frozen = saved["spec"], saved["extra"], saved.get("base")
         prior_run_id, uri = info["parent_run_id"], info["tracking_uri"]
         if trials or max_concurrent:
             say("note: --trials/--max-concurrent apply to new studies only; a resumed study keeps its own")
@@ -266,12 +266,17 @@ def run_study(
         if max_concurrent:
             spec = _replace(spec, max_concurrent=max_concurrent)
     extra = dict(extra_overrides or {})
-    base = spec.base_config(extra)
-    for key in ("data.data_dir", "data.prepared_dir"):  # trials run in their own directories
-        value = getattr(base.data, key.split(".")[1])
-        if value and not Path(value).is_absolute():
-            extra[key] = str(Path(value).resolve())
-    base = spec.base_config(extra)
+    # The base config is resolved once and frozen (study.pkl): a run YAML edited while the study runs,
+    # or before a resume, must not change the trials that follow.
+    if frozen:
+        base = from_dict(RunConfig, frozen, "study base config").validate()
+    else:
+        base = spec.base_config(extra)
+        for key in ("data_dir", "prepared_dir"):  # trials run in their own directories
+            value = getattr(base.data, key)
+            if value and not Path(value).is_absolute():
+                extra[f"data.{key}"] = str(Path(value).resolve())
+        base = spec.base_config(extra)
     experiment = spec.experiment or base.experiment
     if not resume:
         uri = tracking.resolve_tracking_uri(tracking_uri or base.tracking_uri or None)
@@ -300,7 +305,7 @@ def run_study(
     with tracking.run(experiment, spec.name, params=None if prior_run_id else parent_params(spec, base), tags=tags,
                       tracking_uri=uri, run_id=prior_run_id) as parent_id:
         if not prior_run_id:
-            state_pkl.write_bytes(pickle.dumps({"spec": spec, "extra": extra}))
+            state_pkl.write_bytes(pickle.dumps({"spec": spec, "extra": extra, "base": to_dict(base)}))
             state_json.write_text(json.dumps({"study": spec.name, "parent_run_id": parent_id, "tracking_uri": uri,
                                               "experiment": experiment, "created": time.time()}, indent=1) + "\n")
             tracking.log_text(dump(spec), "study.yaml")
@@ -308,7 +313,7 @@ def run_study(
             f"{spec.scheduler.type}, {spec.max_concurrent} at a time) -> {sdir}; MLflow parent run {parent_id} "
             f"(experiment {experiment!r}, {uri})")
 
-        ctx = TrialContext(spec=spec, extra=extra, parent_run_id=parent_id, tracking_uri=uri, experiment=experiment,
+        ctx = TrialContext(spec=spec, base=to_dict(base), parent_run_id=parent_id, tracking_uri=uri, experiment=experiment,
                            study_dir=str(sdir), env=_env(), hooks=hooks, verbose=verbose)
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
@@ -336,7 +341,7 @@ def run_study(
         _close_child_runs(rows, spec.name, experiment, uri)
         finished = not any(r.status == "pending" for r in rows) and len(rows) >= expected_trials(spec)
         best = best_trial(rows, spec.metric, spec.mode)
-        best_cfg = spec.trial_config(best.config, extra) if best else None
+        best_cfg = apply_overrides(base, spec.trial_overrides(best.config)) if best else None
         summary = _log_parent(rows, best, best_cfg, spec, sdir, finished)
     stop_file.unlink(missing_ok=True)
     out = StudyOutcome(spec.name, sdir, parent_id, uri, experiment, spec.metric, spec.mode, rows, best,

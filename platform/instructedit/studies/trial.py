@@ -52,7 +52,7 @@ class TrialContext:
     """What every trial needs from the driver (passed with tune.with_parameters)."""
 
     spec: StudySpec
-    extra: dict[str, Any]  # --set run-config overrides
+    base: dict[str, Any]  # the resolved base run config, frozen when the study started
     parent_run_id: str
     tracking_uri: str
     experiment: str
@@ -79,7 +79,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from .. import tracking
-    from ..config import apply_overrides
+    from ..config import RunConfig, apply_overrides, from_dict
     from ..data.pipeline import load_records
     from ..evaluate.runner import log_results
     from ..train.run import RUN_INFO, train_run
@@ -89,8 +89,9 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     tctx = tune.get_context()
     trial_id, trial_name = tctx.get_trial_id(), tctx.get_trial_name()
     point = {p.key: config[p.key] for p in spec.space if p.key in config}
-    cfg = spec.trial_config(point, ctx.extra)
-    cfg = apply_overrides(cfg, {"name": f"{spec.name}-{trial_id}", "experiment": ctx.experiment})
+    base = from_dict(RunConfig, ctx.base, "study base config")
+    cfg = apply_overrides(base, {**spec.trial_overrides(point), "name": f"{spec.name}-{trial_id}",
+                                 "experiment": ctx.experiment})
     plan = spec.trial_plan(point)
     setting = plan.instruction_setting or cfg.data.instruction_setting
     say = (lambda *a: print(f"[trial {trial_id}]", *a, file=sys.stderr, flush=True)) if ctx.verbose else (
