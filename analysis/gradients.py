@@ -27,7 +27,13 @@ def load_records(path: str | Path, tasks: list[str] | None = None, n: int = 50, 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no prepared records at {path}")
-    table = ds.dataset(str(path), format="parquet").to_table()
+    from instructedit.data.record import ARROW_SCHEMA
+
+    # A prepared folder also holds manifest.json, rejects.jsonl, dropped.jsonl: read only parquet.
+    files = [str(f) for f in sorted(path.rglob("*.parquet"))] if path.is_dir() else [str(path)]
+    if not files:
+        raise FileNotFoundError(f"no parquet files under {path}")
+    table = ds.dataset(files, format="parquet", schema=ARROW_SCHEMA).to_table()
     df = table.to_pandas()
     if tasks:
         df = df[df["task"].isin(tasks)]
