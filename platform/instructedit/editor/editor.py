@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,7 +31,6 @@ Edits = dict[str, LowRankEdit]
 @dataclass
 class EditInfo:
     pre_loss: torch.Tensor  # (E,) edit loss before the edit
-    grads: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # raw (u, d)
 
 
 class CheckpointMismatch(ValueError):
@@ -129,7 +127,7 @@ class MendEditor(nn.Module):
         """One edit per row of `batch` (prompt -> target). Returns factors indexed by row."""
         u, d, pre_loss = self.edit_gradients(batch, hidden)
         edits = self.transform(u, d, batch.attention_mask)
-        return edits, EditInfo(pre_loss=pre_loss, grads={n: (u[n], d[n]) for n in self.names})
+        return edits, EditInfo(pre_loss=pre_loss)
 
     # ------------------------------------------------------------------------------ apply
     def apply(self, edits: Edits, which: list[int] | None = None) -> AppliedEdits:
@@ -227,15 +225,6 @@ def apply_edits(model: nn.Module, layers: dict[str, nn.Module], edits: Edits,
         originals[n] = mod.weight.detach().clone()
         mod.weight.add_(dw.T if is_transposed(mod) else dw)
     return AppliedEdits(originals, layers)
-
-
-@contextlib.contextmanager
-def applied(editor: MendEditor, edits: Edits, which: list[int] | None = None) -> Iterator[AppliedEdits]:
-    handle = editor.apply(edits, which)
-    try:
-        yield handle
-    finally:
-        handle.revert()
 
 
 def edits_digest(edits: Edits) -> str:

@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..data.batches import TokenBatch
 
 
 def answer_rows(answer_mask: torch.Tensor) -> torch.Tensor:
@@ -50,3 +55,17 @@ def kl_pre_post(pre_logits: torch.Tensor, post_logits: torch.Tensor, rows: torch
 def token_accuracy(logits: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Teacher-forced argmax accuracy of the answer tokens, per row."""
     return per_row_mean((logits.argmax(-1) == ids).float(), rows, n_rows)
+
+
+def sentiment_scores(logits: torch.Tensor, batch: TokenBatch, n_edits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per edit: the unlikelihood loss, and 1.0 where the mean log-prob of the good sentences
+    exceeds that of the bad ones (the edit steers the model to the target sentiment)."""
+    rows = answer_rows(batch.answer_mask)
+    ids = batch.answer_ids[batch.answer_mask]
+    good = torch.tensor([bool(m["good"]) for m in batch.meta], device=logits.device)
+    ul_row = unlikelihood(logits, ids, rows, len(batch), good)
+    lp_row = per_row_mean(token_logprobs(logits, ids), rows, len(batch))
+    ul = per_row_mean(ul_row, batch.row_edit, n_edits)
+    good_lp = per_row_mean(lp_row[good], batch.row_edit[good], n_edits)
+    bad_lp = per_row_mean(lp_row[~good], batch.row_edit[~good], n_edits)
+    return ul, (good_lp > bad_lp).float()

@@ -42,10 +42,6 @@ class SplitModel:
         self._cache = {}
         self._cache_budget = int(max_mb * 2**20)
 
-    def clear_cache(self) -> None:
-        if self._cache is not None:
-            self._cache.clear()
-
     @contextlib.contextmanager
     def _blocks(self, blocks: list[nn.Module]) -> Iterator[None]:
         full = self.blocks

@@ -16,6 +16,7 @@ import torch
 from ..data.batches import TokenBatch, edit_batch, probe_batch
 from ..editor import losses
 from ..editor.editor import Edits, MendEditor
+from .metrics import edit_success  # noqa: F401  (re-exported for callers of core)
 
 MakeEdits = Callable[[TokenBatch, torch.Tensor], "Edits | None"]
 
@@ -112,15 +113,9 @@ def evaluate_batch(editor: MendEditor, records, make_edits: MakeEdits, max_lengt
     # ConvSent edit success: good sentences out-score bad ones after the edit.
     sb = probe_batch(records, tok, "sentiment", max_length)
     if sb is not None:
-        from ..train.step import sentiment_scores
-
-        _, ok = sentiment_scores(post_logits(sb, editor.lower(sb)), sb, B)
+        _, ok = losses.sentiment_scores(post_logits(sb, editor.lower(sb)), sb, B)
         for e, r in enumerate(records):
             if r.sentiment is not None:
                 results[e]["es"] = float(ok[e])
     return results
 
-
-def edit_success(row: dict) -> float | None:
-    """The early-stopping key per case: reliability, or ES for ConvSent."""
-    return row.get("reliability", row.get("es"))

@@ -6,6 +6,7 @@ is the single place that says what each name means and which way is better.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -50,3 +51,32 @@ def higher_is_better(key: str) -> bool:
         if name in METRICS:
             return METRICS[name].higher_is_better
     return not key.startswith("loss")
+
+
+def edit_success(row: dict) -> float | None:
+    """The early-stopping key per case: reliability, or ES for ConvSent."""
+    value = row.get("reliability")
+    if _missing(value):  # missing, or NaN in a DataFrame row
+        value = row.get("es")
+    return None if _missing(value) else value
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def task_means(rows, names: set[str] | None = None) -> dict[str, dict[str, float]]:
+    """Per-case rows -> {task: {metric: mean over the task's cases}}, plus `edit_success`.
+
+    Missing and NaN values are skipped; `names` keeps only those metrics (default: every float).
+    """
+    sums: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        t = sums.setdefault(r["task"], {})
+        for k, v in r.items():
+            if isinstance(v, float) and not math.isnan(v) and k not in ("case_id", "task") and (names is None or k in names):
+                t.setdefault(k, []).append(v)
+        es = edit_success(r)
+        if es is not None:
+            t.setdefault("edit_success", []).append(es)
+    return {task: {k: sum(v) / len(v) for k, v in ms.items()} for task, ms in sorted(sums.items())}

@@ -187,27 +187,15 @@ class CaseStore:
 # ------------------------------------------------------------------------------------ summary
 def summary_metrics(rows: pd.DataFrame | list[dict], split: str = "test") -> dict[str, float]:
     """`<split>/<task>/<metric>` (means over cases) and `<split>/avg/<metric>` (means over tasks)."""
-    from .metrics import METRICS
+    from .metrics import METRICS, task_means
 
-    df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
+    records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else rows
     out: dict[str, float] = {}
-    if df.empty:
-        return out
-    metric_cols = [c for c in df.columns if c in METRICS]
     per_metric: dict[str, list[float]] = {}
-    for task, g in df.groupby("task", sort=True):
-        for m in metric_cols:
-            vals = g[m].dropna()
-            if len(vals):
-                out[f"{split}/{task}/{m}"] = float(vals.mean())
-                per_metric.setdefault(m, []).append(out[f"{split}/{task}/{m}"])
-        es = g["reliability"] if "reliability" in g else pd.Series(dtype=float)
-        if "es" in g:
-            es = es.fillna(g["es"]) if len(es) else g["es"]
-        es = es.dropna()
-        if len(es):
-            out[f"{split}/{task}/edit_success"] = float(es.mean())
-            per_metric.setdefault("edit_success", []).append(float(es.mean()))
+    for task, means in task_means(records, set(METRICS)).items():
+        for m, v in means.items():
+            out[f"{split}/{task}/{m}"] = float(v)
+            per_metric.setdefault(m, []).append(float(v))
     for m, vals in per_metric.items():
         out[f"{split}/avg/{m}"] = sum(vals) / len(vals)  # macro average over tasks
     return out
@@ -453,9 +441,7 @@ def reference_evaluate(editor, record: EditRecord, make_edits: Callable, max_len
                     row["dd"] = float(kl.mean())
             sb = probe_batch([record], tok, "sentiment", max_length)
             if sb is not None:
-                from ..train.step import sentiment_scores
-
-                _, ok = sentiment_scores(full(sb), sb.to(editor.device), 1)
+                _, ok = losses.sentiment_scores(full(sb), sb.to(editor.device), 1)
                 row["es"] = float(ok[0])
         finally:
             if handle is not None:

@@ -91,10 +91,8 @@ def evaluate_sequential(editor, records, make_edits, ks: list[int] | None = None
                     row["generalization"] = _mean(_accuracy(editor, pb, True).values())
             sidx = [i for i in sent if i < k]
             if sidx:
-                from ..train.step import sentiment_scores
-
                 sb = probe_batch([done[i] for i in sidx], tok, "sentiment", max_length)
-                _, ok = sentiment_scores(editor.answer_logits(sb), sb, len(sidx))
+                _, ok = losses.sentiment_scores(editor.answer_logits(sb), sb, len(sidx))
                 row["es"] = float(ok.mean())
             if loc_batch is not None:
                 sel = (loc_batch.row_edit < k).nonzero(as_tuple=True)[0]

@@ -22,7 +22,8 @@ from torch import nn
 
 from ..config import RunConfig, run_model_config, to_dict
 from ..editor.editor import MendEditor
-from ..evaluate.core import edit_success, evaluate_batch, mend_edits
+from ..evaluate.core import evaluate_batch, mend_edits
+from ..evaluate.metrics import task_means
 from ..models import LoadedModel, build_model
 from .step import StepBatch, make_step_batch, training_step
 
@@ -85,21 +86,12 @@ def validate(editor: MendEditor, records, batch_size: int, max_length: int) -> t
 
 def summarize(rows: list[dict], prefix: str) -> dict[str, float]:
     """Per-case rows -> {prefix/task/metric, prefix/metric (mean over tasks), prefix/edit_success}."""
-    by_task: dict[str, dict[str, list[float]]] = {}
-    for r in rows:
-        t = by_task.setdefault(r["task"], {})
-        for k, v in r.items():
-            if isinstance(v, float) and k not in ("case_id", "task"):
-                t.setdefault(k, []).append(v)
-        es = edit_success(r)
-        if es is not None:
-            t.setdefault("edit_success", []).append(es)
     out: dict[str, float] = {}
     per_metric: dict[str, list[float]] = {}
-    for task, metrics in sorted(by_task.items()):
-        for k, vals in metrics.items():
-            out[f"{prefix}/{task}/{k}"] = sum(vals) / len(vals)
-            per_metric.setdefault(k, []).append(out[f"{prefix}/{task}/{k}"])
+    for task, means in task_means(rows).items():
+        for k, v in means.items():
+            out[f"{prefix}/{task}/{k}"] = v
+            per_metric.setdefault(k, []).append(v)
     for k, vals in per_metric.items():
         out[f"{prefix}/{k}"] = sum(vals) / len(vals)  # macro average over tasks
     if f"{prefix}/edit_success" in out:

@@ -46,20 +46,6 @@ def make_step_batch(records, tokenizer, max_length: int = 96, seed: int = 0, n_s
     )
 
 
-def sentiment_scores(logits: torch.Tensor, batch: TokenBatch, n_edits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per edit: the unlikelihood loss, and 1.0 where the mean log-prob of the good sentences
-    exceeds that of the bad ones (the edit steers the model to the target sentiment)."""
-    rows = losses.answer_rows(batch.answer_mask)
-    ids = batch.answer_ids[batch.answer_mask]
-    good = torch.tensor([bool(m["good"]) for m in batch.meta], device=logits.device)
-    ul_row = losses.unlikelihood(logits, ids, rows, len(batch), good)
-    lp_row = losses.per_row_mean(losses.token_logprobs(logits, ids), rows, len(batch))
-    ul = losses.per_row_mean(ul_row, batch.row_edit, n_edits)
-    good_lp = losses.per_row_mean(lp_row[good], batch.row_edit[good], n_edits)
-    bad_lp = losses.per_row_mean(lp_row[~good], batch.row_edit[~good], n_edits)
-    return ul, (good_lp > bad_lp).float()
-
-
 def training_step(editor: MendEditor, batch: StepBatch, cfg: EditorConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """Forward of one step; returns the loss (backward is the caller's) and scalar metrics."""
     B = len(batch.edit)
@@ -76,7 +62,7 @@ def training_step(editor: MendEditor, batch: StepBatch, cfg: EditorConfig) -> tu
     success = (acc == 1.0).float()
     if batch.sentiment is not None:
         h_s = editor.lower(batch.sentiment)
-        ul, s_ok = sentiment_scores(editor.answer_logits(batch.sentiment, h_s, edits), batch.sentiment, B)
+        ul, s_ok = losses.sentiment_scores(editor.answer_logits(batch.sentiment, h_s, edits), batch.sentiment, B)
         edit_loss = torch.where(batch.is_sentiment, ul, nll)
         success = torch.where(batch.is_sentiment, s_ok, success)
 
