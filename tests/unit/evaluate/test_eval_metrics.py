@@ -4,10 +4,10 @@ import pytest
 import torch
 from instructedit.data.batches import TokenBatch
 from instructedit.editor import losses
+from instructedit.editor.losses import sentiment_scores
 from instructedit.evaluate import metrics
 from instructedit.evaluate.core import _per_probe, edit_success
 from instructedit.evaluate.runner import summary_metrics
-from instructedit.editor.losses import sentiment_scores
 
 
 def onehot(ids, vocab=5, scale=10.0):
