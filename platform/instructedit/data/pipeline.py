@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from ..config import ConfigError, DataConfig, RunConfig, TaskConfig, load_task
 from ..instructions.sets import resolve_pool
 from .instructions import check_setting, tag
-from .readers import DataError, parsed_source, read_source, stable_int, stable_unit
+from .readers import DataError, other_topic_locality, parsed_source, read_source, stable_int, stable_unit
 from .record import ARROW_SCHEMA, SCHEMA_VERSION, EditRecord, records_to_table, table_to_records
 
 SPLITS = ("train", "val", "test")
@@ -180,7 +180,9 @@ def finish_task(records: list[EditRecord], task_cfg: TaskConfig, data: DataConfi
         by_split[r.split].append(r)
     dropped: list[dict[str, Any]] = []
     for split in SPLITS:
-        recs = borrow_locality(by_split[split], data.seed)
+        # ConvSent drawdown probes come from the same split, then any record still without a
+        # locality probe borrows one.
+        recs = borrow_locality(other_topic_locality(by_split[split], data.seed), data.seed)
         n_balance = data.balance.get(task_cfg.name, task_cfg.balance_to)  # data.balance overrides the YAML
         if split == "train" and n_balance is not None:
             recs, out = balance(recs, n_balance, data.seed)
@@ -338,7 +340,7 @@ def _validate(row: dict[str, Any], st: _StageContext) -> EditRecord:
     path, reader, i = row["path"], row["reader"], row["idx"]
     raws, ids = parsed_source(path, row["task"])
     return get_reader(reader)(raws[i], task=row["task"], case_id=ids[i], file=path, index=i,
-                              seed=st.data.seed, context=raws if reader == "convsent" else None)
+                              seed=st.data.seed)
 
 
 def _validate_tag_split_stage(batch: pa.Table, data: dict[str, Any], task_names: list[str]) -> pa.Table:

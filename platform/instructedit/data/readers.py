@@ -16,6 +16,8 @@ position, so adding records to a file never renames the others.
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import hashlib
 import json
@@ -248,21 +250,11 @@ def _sentences(raw: dict, key: str, file: str, index: int) -> list[str]:
     return out
 
 
-def _convsent_topic(raw: Any) -> tuple[str, list[str], list[str]] | None:
-    """(topic, pos, neg) for a usable record, else None (used to draw other-topic probes)."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("ent"), str) or not raw["ent"].strip():
-        return None
-    pos = [s.strip() for s in raw.get("pos") or [] if isinstance(s, str) and s.strip()]
-    neg = [s.strip() for s in raw.get("neg") or [] if isinstance(s, str) and s.strip()]
-    if not pos or not neg:
-        return None
-    return raw["ent"].strip(), pos, neg
-
-
 def read_convsent(raw: Any, *, task: str, case_id: str, file: str, index: int, seed: int = 0,
-                  context: list[Any] | None = None, n_other: int = 2, **_: Any) -> EditRecord:
-    """One edit per topic: a seeded target label, a question about the topic, one sentence of that
-    label as the target, and `n_other` other topics of the same file as locality probes."""
+                  **_: Any) -> EditRecord:
+    """One edit per topic: a seeded target label, a question about the topic, and one sentence of
+    that label as the edit's target. The other-topic (drawdown) probes are drawn after the split,
+    from records of the same split only (`other_topic_locality`)."""
     raw = _require_object(raw, file, index)
     topic = _str(raw, "ent", file, index, what="topic")
     pos = _sentences(raw, "pos", file, index)
@@ -270,39 +262,47 @@ def read_convsent(raw: Any, *, task: str, case_id: str, file: str, index: int, s
     label = LABELS[stable_int(seed, case_id, "label") % 2]
     good, bad = (pos, neg) if label == "positive" else (neg, pos)
     target = good[stable_int(seed, case_id, "target") % len(good)]
-
-    locality: list[Probe] = []
-    others = context or []
-    if others:
-        seen_topics = {topic.lower()}
-        n = len(others)
-        start = stable_int(seed, case_id, "other") % n
-        # Walk the file from a hashed start with a hashed odd stride: deterministic, spread out.
-        stride = (stable_int(seed, case_id, "stride") % max(n - 1, 1)) | 1
-        for k in range(n):
-            if len(locality) >= n_other:
-                break
-            j = (start + k * stride) % n
-            if j == index:
-                continue
-            other = _convsent_topic(others[j])
-            if other is None or other[0].lower() in seen_topics:
-                continue
-            seen_topics.add(other[0].lower())
-            o_topic, o_pos, o_neg = other
-            sents = o_pos + o_neg
-            answer = sents[stable_int(seed, case_id, "other-answer", j) % len(sents)]
-            locality.append(Probe("other_topic", CONVSENT_PROMPT.format(topic=o_topic), [answer]))
-
     return EditRecord(
         task=task,
         case_id=case_id,
         subject=topic,
         prompt=CONVSENT_PROMPT.format(topic=topic),
         target_new=target,
-        locality=locality,
         sentiment=Sentiment(topic=topic, label=label, good=list(good), bad=list(bad)),
     )
+
+
+def other_topic_locality(records: list[EditRecord], seed: int, n_other: int = 2) -> list[EditRecord]:
+    """ConvSent records of one split -> each gets `n_other` probes about other topics of that split.
+
+    Drawing after the split keeps a test record's drawdown probes out of the training topics. The
+    walk starts at a hashed position with a hashed odd stride: deterministic and spread out; topics
+    equal (case-insensitively) to the record's own or to an earlier pick are skipped.
+    """
+    topics = [(i, r.sentiment.topic, r.sentiment.good + r.sentiment.bad)
+              for i, r in enumerate(records) if r.sentiment is not None]
+    n = len(topics)
+    if n < 2:
+        return records
+    out = list(records)
+    for k, (i, topic, _) in enumerate(topics):
+        r = records[i]
+        seen = {topic.lower()}
+        probes: list[Probe] = []
+        start = stable_int(seed, r.case_id, "other") % n
+        stride = (stable_int(seed, r.case_id, "stride") % max(n - 1, 1)) | 1
+        for step in range(n):
+            if len(probes) >= n_other:
+                break
+            j = (start + step * stride) % n
+            _, o_topic, sents = topics[j]
+            if j == k or o_topic.lower() in seen:
+                continue
+            seen.add(o_topic.lower())
+            answer = sents[stable_int(seed, r.case_id, "other-answer", o_topic) % len(sents)]
+            probes.append(Probe("other_topic", CONVSENT_PROMPT.format(topic=o_topic), [answer]))
+        out[i] = dataclasses.replace(r, locality=probes)
+    return out
 
 
 READERS: dict[str, Callable[..., EditRecord]] = {
@@ -394,12 +394,11 @@ def read_source(path: str | os.PathLike, reader: str, task: str, seed: int = 0, 
         return [], [e]
     file = str(path)
     stop = len(raws) if stop is None else min(stop, len(raws))
-    context = raws if reader == "convsent" else None
     good: list[tuple[int, EditRecord]] = []
     bad: list[DataError] = []
     for i in range(start, stop):
         try:
-            good.append((i, fn(raws[i], task=task, case_id=ids[i], file=file, index=i, seed=seed, context=context)))
+            good.append((i, fn(raws[i], task=task, case_id=ids[i], file=file, index=i, seed=seed)))
         except DataError as e:
             if on_error == "raise":
                 raise

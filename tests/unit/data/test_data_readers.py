@@ -9,10 +9,11 @@ from instructedit.data.readers import (
     DataError,
     case_ids,
     normalize_answer,
-    read_convsent,
+    other_topic_locality,
     read_knowedit,
     read_source,
 )
+from instructedit.data.record import EditRecord, Sentiment
 
 SOURCES = [(t, s.path, s.reader) for t in ("counterfact", "recent", "convsent", "zsre", "counterfact-mend")
            for s in load_task(t).sources]
@@ -78,8 +79,7 @@ def test_convsent_records(shared_data):
         s = r.sentiment
         assert s.topic == r.subject and s.topic in r.prompt
         assert r.target_new in s.good and s.bad
-        assert len(r.locality) == 2 and all(p.kind == "other_topic" for p in r.locality)
-        assert all(p.prompt != r.prompt for p in r.locality)
+        assert r.locality == []  # drawn after the split (other_topic_locality)
     # seeded: another seed flips some labels, the same seed reproduces them exactly
     again, _ = read_source(shared_data / "knowedit/blender_val.json", "convsent", "convsent", seed=0)
     other, _ = read_source(shared_data / "knowedit/blender_val.json", "convsent", "convsent", seed=1)
@@ -149,15 +149,22 @@ def test_case_ids_stable_when_records_are_added_and_duplicates_distinct():
     assert grown[1:] == ids
 
 
-def test_convsent_other_topics_skip_same_topic_and_bad_records():
-    ctx = [
-        {"ent": "A", "pos": ["good A"], "neg": ["bad A"]},
-        {"ent": "a", "pos": ["good a"], "neg": ["bad a"]},  # same topic, other case
-        {"ent": "", "pos": ["x"], "neg": ["y"]},  # unusable
-        {"ent": "B", "pos": ["good B"], "neg": ["bad B"]},
-        {"ent": "C", "pos": ["good C"], "neg": ["bad C"]},
-    ]
-    r = read_convsent(ctx[0], task="convsent", case_id="c/0", file="f.json", index=0, context=ctx)
-    prompts = [p.prompt for p in r.locality]
-    assert len(prompts) == 2 and all(("B" in p) or ("C" in p) for p in prompts)
-    assert r.sentiment.good == (["good A"] if r.sentiment.label == "positive" else ["bad A"])
+def test_convsent_other_topics_come_from_the_same_list_and_skip_same_topic():
+    def rec(i, topic):
+        return EditRecord(task="convsent", case_id=f"c/{i}", prompt=f"What is your opinion of {topic}?",
+                          target_new=f"good {topic}",
+                          sentiment=Sentiment(topic=topic, label="positive", good=[f"good {topic}"],
+                                              bad=[f"bad {topic}"]))
+
+    recs = [rec(0, "A"), rec(1, "a"), rec(2, "B"), rec(3, "C")]
+    out = other_topic_locality(recs, seed=0)
+    first = [p.prompt for p in out[0].locality]
+    assert len(first) == 2 and all(("B" in p) or ("C" in p) for p in first)  # never its own topic "a"
+    assert all(p.answer[0] in {"good B", "bad B", "good C", "bad C"} for p in out[0].locality)
+    # only topics of the list given (one split) are ever drawn
+    split_topics = {r.sentiment.topic for r in recs}
+    for r in out:
+        assert all(p.kind == "other_topic" and p.prompt[len("What is your opinion of "):-1] in split_topics
+                   for p in r.locality)
+    assert other_topic_locality(recs, seed=0) == out  # deterministic
+    assert other_topic_locality(recs[:1], seed=0) == recs[:1]  # nothing to draw from
