@@ -182,6 +182,12 @@ class RunConfig:
                 raise ConfigError(f"data.balance.{task} must be a positive record count or null, got {n!r}")
         if abs(sum(self.data.split_fractions) - 1.0) > 1e-6:
             raise ConfigError(f"data.split_fractions must sum to 1, got {self.data.split_fractions}")
+        overlap = sorted(set(self.data.tasks) & set(self.data.hold_out))
+        if overlap:
+            raise ConfigError(f"data.tasks and data.hold_out share {overlap}: a hold-out task is never trained on")
+        why = selection_error(self.train.early_stop_metric, self.data.tasks, self.data.hold_out)
+        if why:
+            raise ConfigError(f"train.early_stop_metric: {why}")
         if self.train.batch_size < 1 or self.train.num_workers < 1:
             raise ConfigError("train.batch_size and train.num_workers must be >= 1")
         if self.train.batch_size % self.train.num_workers:
@@ -193,6 +199,37 @@ class RunConfig:
             load_task(t)
         load_model_config(self.model)
         return self
+
+
+SELECT_HINT = "select on val/<training task>/... or val/score"
+
+
+def selection_error(metric: str, tasks: tuple[str, ...] | list[str] = (),
+                    hold_out: tuple[str, ...] | list[str] = ()) -> str:
+    """Why `metric` may not choose a checkpoint, stop training or rank study trials ("" = it may).
+
+    Selection reads the validation split of the training tasks only: `val/score`, `val/<metric>`
+    (the mean over training tasks) or `val/<training task>/<metric>`. A test or train split, or a
+    hold-out task (data.hold_out, or a task YAML with hold_out: true), would let the reported
+    numbers choose themselves. `tasks` empty = the training tasks are not known yet (not checked).
+    """
+    parts = str(metric).split("/")
+    if len(parts) < 2 or not all(parts):
+        return f"{metric!r} is not a metric key; {SELECT_HINT}"
+    if parts[0] in ("test", "train"):
+        return f"{metric!r} selects on the {parts[0]} split; {SELECT_HINT}"
+    if parts[0] != "val":
+        return f"{metric!r} is not a validation metric; {SELECT_HINT}"
+    name = parts[1]
+    if name in hold_out or (name in list_registry("tasks") and load_task(name).hold_out):
+        return f"{metric!r} selects on the hold-out task {name!r}; {SELECT_HINT}"
+    if len(parts) >= 3:
+        if name == "avg":
+            return (f"{metric!r}: validation means over the training tasks are val/<metric> "
+                    f"(e.g. val/{'/'.join(parts[2:])}); {SELECT_HINT}")
+        if tasks and name in list_registry("tasks") and name not in tasks:
+            return f"{metric!r} names {name!r}, not a training task (data.tasks: {list(tasks)}); {SELECT_HINT}"
+    return ""
 
 
 # ---------------------------------------------------------------------------------- conversion

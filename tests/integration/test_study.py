@@ -63,16 +63,18 @@ def test_parent_and_child_runs_carry_params_metrics_and_artifacts(smoke):
     t, p, m = parent.data.tags, parent.data.params, parent.data.metrics
     assert t["kind"] == "study" and t["study"] == "smoke" and t["study_status"] == "finished"
     assert t["mode"] == "instructedit" and t["method"] == "InstructEdit" and t["git_commit"]
-    assert p["study.metric"] == "test/zsre/reliability" and p["study.searcher"] == "grid"
+    assert p["study.metric"] == "val/score" and p["study.searcher"] == "grid"  # selection on validation
     assert p["study.space.data.tasks"].startswith("grid") and p["model"] == "tiny-llama"
     assert m["study/trials_done"] == 3 and m["study/trials_failed"] == 0
-    assert m["best/test/zsre/reliability"] == pytest.approx(out.best.metrics["test/zsre/reliability"])
+    assert m["best/val/score"] == pytest.approx(out.best.metrics["val/score"])
+    assert m["best/test/zsre/reliability"] == pytest.approx(out.best.metrics["test/zsre/reliability"])  # a result
     arts = set(tracking.list_artifacts(out.parent_run_id, "", uri)) | set(
         tracking.list_artifacts(out.parent_run_id, "best", uri))
     assert {"summary.csv", "study.yaml", "best/config.yaml"} <= arts
     table = pd.read_csv(tracking.download_artifacts(out.parent_run_id, "summary.csv", tracking_uri=uri))
     assert len(table) == 3 and set(table["status"]) == {"done"}
-    assert table["test/zsre/reliability"].is_monotonic_decreasing  # best first
+    assert table["val/score"].is_monotonic_decreasing  # best (by the val objective) first
+    assert list(table.columns)[4:6] == ["val/score", "test/zsre/reliability"]  # objective, then results
     assert {"param:data.tasks", "val/score", "mlflow_run_id", "checkpoint"} <= set(table.columns)
 
     children = tracking.search_runs("study-smoke", f"tags.mlflow.parentRunId = '{out.parent_run_id}'",
@@ -96,7 +98,7 @@ def test_best_trial_config_and_checkpoint_can_be_fetched(smoke, tmp_path):
     from instructedit.editor.editor import MendEditor
 
     out = smoke["out"]
-    scores = {r.trial_id: r.metrics["test/zsre/reliability"] for r in out.trials}
+    scores = {r.trial_id: r.metrics["val/score"] for r in out.trials}  # the best trial is chosen on val
     assert out.best.trial_id == max(scores, key=scores.get)
     assert list(out.best_config.data.tasks) == SMOKE_TASKS[out.best.params["data.tasks"]]
     assert out.best_checkpoint.exists()

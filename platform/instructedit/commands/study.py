@@ -6,7 +6,8 @@ HELP = "run a Ray Tune study (task-scaling, instructions, convsent-balance, hpar
 DESCRIPTION = (
     "Runs the study NAME (configs/studies/NAME.yaml or a YAML path): each trial trains an editor with "
     "Ray Train, reporting val metrics to Tune (ASHA can stop weak trials), then tests its best "
-    "checkpoint on the study's test tasks. MLflow gets one parent run per study and one nested run "
+    "checkpoint on the study's test tasks. The objective and the best trial are chosen on validation "
+    "metrics of the training tasks only; test metrics are reported as results. MLflow gets one parent run per study and one nested run "
     "per trial; the parent holds summary.csv (trial x metrics) and the best trial's config. An "
     "interrupted study (Ctrl+C, a lost machine, --stop-after) continues with --resume without "
     "rerunning finished trials. --set key=value overrides the run config of every trial "
@@ -42,14 +43,18 @@ def _split_overrides(items: list[str]) -> tuple[dict, dict]:
     return study, run
 
 
-def _print_table(out) -> None:
-    metric = out.metric
-    print(f"\n{'trial':<14} {'status':<8} {metric:>24}  searched")
+def _print_table(out, results: tuple[str, ...] = ()) -> None:
+    """Trials with the objective (a val metric, which picks the best) and the study's test results."""
+    cols = list(dict.fromkeys([out.metric, *results]))
+    print(f"\n{'trial':<14} {'status':<8} " + " ".join(f"{c:>{max(12, len(c))}}" for c in cols) + "  searched")
     for r in sorted(out.trials, key=lambda r: r.trial_id):
-        v = r.metrics.get(metric)
-        val = "" if v is None else f"{v * 100:.2f}"
+        vals = []
+        for c in cols:
+            v = r.metrics.get(c)
+            vals.append(f"{'' if v is None else f'{v * 100:.2f}':>{max(12, len(c))}}")
         params = " ".join(f"{k}={v}" for k, v in r.params.items())
-        print(f"{r.trial_id:<14} {r.status:<8} {val:>24}  {params}" + (f"  ({r.error})" if r.error else ""))
+        print(f"{r.trial_id:<14} {r.status:<8} " + " ".join(vals) + f"  {params}" + (f"  ({r.error})" if r.error else ""))
+    print(f"(best trial by {out.metric}, a validation metric of the training tasks; test metrics are results only)")
 
 
 def run(args) -> int:
@@ -87,7 +92,7 @@ def run(args) -> int:
         print(f"instructedit study: {e}", file=sys.stderr)
         return 2
 
-    _print_table(out)
+    _print_table(out, spec.results)
     print(f"\nsummary:  {out.summary_path}")
     print(f"MLflow:   parent run {out.parent_run_id} (experiment {out.experiment!r}, {out.tracking_uri})")
     if out.best is not None:

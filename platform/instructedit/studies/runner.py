@@ -3,6 +3,8 @@
 - Storage: `<storage>/<study>/` is the Tune experiment directory (trial dirs, experiment state),
   plus `study.json` (the MLflow parent run, tracking store, experiment), `study.pkl` (the spec and
   --set overrides a resumed study reuses) and `trainer-runs/` (each trial's Ray Train run).
+- Selection: the best trial is the one with the best `spec.metric`, a validation metric of its
+  training tasks (spec.py rejects test, train and hold-out metrics); test metrics are results.
 - MLflow: one parent run (kind=study, study=NAME) holds the study's params (`study.*` and the base
   config), tags best_trial / best_run_id / best_checkpoint, metrics `study/trials_*` and
   `best/<metric>`, and the artifacts summary.csv (trial x metrics), study.yaml, best/config.yaml.
@@ -34,7 +36,7 @@ import yaml
 from ray.tune import Callback
 
 from .. import tracking
-from ..config import ConfigError, RunConfig, apply_overrides, flatten, from_dict, to_dict
+from ..config import ConfigError, RunConfig, apply_overrides, flatten, from_dict, selection_error, to_dict
 from .spec import Param, StudySpec, dump
 from .trial import FINAL, TRAIN_DIR, StudyHooks, TrialContext, run_trial
 
@@ -162,9 +164,9 @@ class Progress(Callback):
         r = trial.last_result or {}
         el = time.time() - self.t0.get(trial.trial_id, time.time())
         if FINAL in r:
-            m = r.get(self.spec.metric)
-            self._say(f"trial {trial.trial_id} done in {el:.0f}s: {self.spec.metric}="
-                      f"{'n/a' if m is None else f'{m:.4f}'}")
+            shown = [self.spec.metric, *self.spec.results]
+            vals = " ".join(f"{k}={'n/a' if r.get(k) is None else f'{r[k]:.4f}'}" for k in shown)
+            self._say(f"trial {trial.trial_id} done in {el:.0f}s: {vals}")
         else:
             self._say(f"trial {trial.trial_id} stopped early by the scheduler after {el:.0f}s")
 
@@ -201,7 +203,7 @@ def study_dir(spec_name: str, storage: str | os.PathLike | None = None) -> Path:
 
 def _env() -> dict[str, str]:
     """Absolute locations the trial processes need (Tune runs them in their trial directories)."""
-    from ..data.pipeline import resolve_data_dir
+    from ..data.corpora import resolve_data_dir
     from ..instructions.sets import sets_dir
 
     env = {"INSTRUCTEDIT_INSTRUCTION_SETS": str(Path(sets_dir()).resolve())}
@@ -254,6 +256,9 @@ def run_study(
         saved = pickle.loads(state_pkl.read_bytes())
         info = json.loads(state_json.read_text())
         spec, extra_overrides, frozen = saved["spec"], saved["extra"], saved.get("base")
+        why = selection_error(spec.metric)
+        if why:  # a study started before selection moved to validation metrics
+            raise ConfigError(f"{state_pkl}: study.metric: {why}; start a new study (another --storage)")
         prior_run_id, uri = info["parent_run_id"], info["tracking_uri"]
         if trials or max_concurrent:
             say("note: --trials/--max-concurrent apply to new studies only; a resumed study keeps its own")
@@ -442,9 +447,13 @@ def _close_child_runs(rows: list[TrialRow], study: str, experiment: str, uri: st
                 tracking.set_terminated(run_id, "KILLED" if row.status == "stopped" else "FAILED", uri)
 
 
-def summary_rows(rows: list[TrialRow], metric: str, mode: str) -> list[dict[str, Any]]:
+def summary_rows(rows: list[TrialRow], metric: str, mode: str, results: tuple[str, ...] = ()
+                 ) -> list[dict[str, Any]]:
+    """One row per trial, best (by the val objective) first; columns: the objective, the study's
+    result metrics, then every other val/test metric."""
     keys = sorted({k for r in rows for k in r.metrics if k.split("/")[0] in ("val", "test") or k == "train/steps"})
-    keys = [metric] + [k for k in keys if k != metric]
+    head = list(dict.fromkeys([metric, *results]))
+    keys = head + [k for k in keys if k not in head]
     sign = -1 if mode == "max" else 1
     order = sorted(rows, key=lambda r: (r.status != "done", sign * r.metrics.get(metric, float("nan"))
                                         if _finite(r.metrics.get(metric)) else math.inf, r.trial_id))
@@ -455,7 +464,7 @@ def _log_parent(rows: list[TrialRow], best: TrialRow | None, best_cfg: RunConfig
                 sdir: Path, finished: bool) -> Path:
     from ..train.run import write_csv
 
-    table = summary_rows(rows, spec.metric, spec.mode)
+    table = summary_rows(rows, spec.metric, spec.mode, spec.results)
     path = write_csv(table, sdir / SUMMARY) if table else sdir / SUMMARY
     if not table:
         path.write_text("")

@@ -15,8 +15,10 @@ which metric picks the best trial. YAML shape (every key optional except `space`
         grid:
           none: {mode: multi-task, data.instruction_setting: none}
           seen: {data.instruction_setting: seen}
-    metric: test/zsre/reliability   # picks the best trial (reported at the end of each trial)
+    metric: val/score               # the search objective and best-trial pick: a val metric of the
+                                    # training tasks only (never test, train or a hold-out task)
     mode: max                       # max | min
+    results: [test/zsre/reliability]   # test metrics shown beside it (CLI table, summary order); never selected on
     searcher: grid                  # grid | random | optuna
     scheduler: {type: none}         # none | asha (asha: metric val/score, grace_period, reduction_factor)
     trials: 1                       # grid: repeats of the whole grid; random/optuna: trials drawn
@@ -25,6 +27,12 @@ which metric picks the best trial. YAML shape (every key optional except `space`
     budget: {max_steps: 200, time_budget_s: null}   # per trial: train.max_steps / train.time_budget_s
     test: {tasks: [zsre], training_tasks: true, split: test, max_records: 100, batch_size: 16}
     experiment: studies             # MLflow experiment ("" = the base config's)
+
+Selection never sees test: `metric` (what Optuna optimises and what picks the best trial, whose
+checkpoint is exported) and `scheduler.metric` (what ASHA stops on) must be validation metrics of
+the trials' training tasks; loading a study that selects on a test or train split or on a hold-out
+task fails with the file and key. Every trial is still tested (`test`), and those numbers are the
+study's results (summary.csv, MLflow), not its objective.
 
 Order of precedence for a trial's config: base < overrides < budget < --set < the trial's space point.
 A bundle arm that names a missing instruction set (`data.instruction_set`) is dropped with a note,
@@ -51,6 +59,7 @@ from ..config import (
     apply_overrides,
     from_dict,
     load_run_config,
+    selection_error,
     to_dict,
 )
 
@@ -152,8 +161,9 @@ class StudySpec:
     description: str = ""
     base: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
-    metric: str = "test/avg/edit_success"
+    metric: str = "val/score"  # the objective: a validation metric of the training tasks
     mode: str = "max"
+    results: tuple[str, ...] = ()  # result metrics shown beside the objective (never selected on)
     searcher: str = "grid"
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     trials: int = 1
@@ -338,24 +348,40 @@ def _check(spec: StudySpec, where: str, deep: bool = True) -> None:
     if spec.searcher == "grid" and any(not p.categorical for p in spec.space):
         raise ConfigError(f"{where}: searcher grid needs grid/choice parameters only; use random or optuna "
                           f"for {[p.key for p in spec.space if not p.categorical]}")
-    if not spec.metric.count("/") >= 2:
-        raise ConfigError(f"{where}: metric must look like <split>/<task>/<metric>, got {spec.metric!r}")
-    if spec.metric.split("/")[0] != spec.test.split:
-        raise ConfigError(f"{where}: metric {spec.metric!r} is not on the study's test split {spec.test.split!r}")
+    _check_selection(spec, where, (), ())
+    if spec.test.split != "test":
+        raise ConfigError(f"{where}: study.test.split: trials are tested on the test split, got "
+                          f"{spec.test.split!r} (validation is what selects)")
     if not deep:
         return
     base = spec.base_config()
+    _check_selection(spec, where, base.data.tasks, base.data.hold_out)
     for p in spec.space:  # every categorical arm must make a valid config on its own
         if p.categorical:
             for v in p.labels():
                 try:
                     ov = p.overrides(v)
-                    apply_overrides(base, {k: x for k, x in ov.items() if not k.startswith("test.")})
+                    arm = apply_overrides(base, {k: x for k, x in ov.items() if not k.startswith("test.")})
                     spec.trial_plan({p.key: v})
                 except ConfigError as e:
                     raise ConfigError(f"{where}: space.{p.key} = {v!r}: {e}") from None
+                _check_selection(spec, where, arm.data.tasks, arm.data.hold_out, f" (trial space.{p.key} = {v!r})")
         else:
             apply_overrides(base, {p.key: p.low})
+
+
+def _check_selection(spec: StudySpec, where: str, tasks, hold_out, arm: str = "") -> None:
+    """The study objective and the scheduler's metric read validation splits of training tasks only."""
+    keys = [("study.metric", spec.metric)]
+    if spec.scheduler.type != "none":
+        keys.append(("study.scheduler.metric", spec.scheduler.metric))
+    for key, metric in keys:
+        why = selection_error(metric, tasks, hold_out)
+        if why:
+            raise ConfigError(f"{where}: {key}: {why}{arm}")
+    for m in spec.results:
+        if str(m).split("/")[0] not in ("val", "test"):
+            raise ConfigError(f"{where}: study.results: {m!r} must be a val/... or test/... metric key")
 
 
 def dump(spec: StudySpec) -> str:

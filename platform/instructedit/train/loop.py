@@ -25,6 +25,7 @@ from ..editor.editor import MendEditor
 from ..evaluate.core import evaluate_batch, mend_edits
 from ..evaluate.metrics import task_means
 from ..models import LoadedModel, build_model
+from .checkpoint import EDITOR_FILE, save_step, step_dir_name, write_best
 from .step import StepBatch, make_step_batch, training_step
 
 
@@ -169,7 +170,8 @@ def train_editor(
     # Every worker draws the same global permutation and takes its own slice of each global batch.
     order_rng = random.Random(tc.seed)
     perm: list[int] = []  # grown lazily; a resumed run regenerates the same order up to its step
-    val_set = _val_subset(val_records, tc.val_size, tc.seed)
+    # The val subset follows data.seed, not train.seed: runs of one seed group select on the same records.
+    val_set = _val_subset(val_records, tc.val_size, cfg.data.seed)
 
     def batch_for(s: int) -> list:
         nonlocal perm
@@ -224,7 +226,10 @@ def train_editor(
         out_of_time = _agree(bool(tc.time_budget_s and elapsed >= tc.time_budget_s))
         if step % tc.val_every == 0 or step == tc.max_steps or out_of_time:
             val, _rows = validate(editor, val_set, cfg.eval.batch_size, tc.max_length)
-            score = val.get(tc.early_stop_metric, val.get("val/score", 0.0))
+            if tc.early_stop_metric not in val:  # a typo must not fall back to another metric silently
+                raise ValueError(f"train.early_stop_metric {tc.early_stop_metric!r} is not a validation "
+                                 f"metric of this run; it has {sorted(val)}")
+            score = val[tc.early_stop_metric]
             improved = score > best
             if improved:
                 best, best_step, bad_vals, best_metrics = score, step, 0, dict(val)
@@ -235,14 +240,11 @@ def train_editor(
                                                   if k.count("/") == 1) + (" *best*" if improved else ""))
             ckpt_dir = None
             if out is not None and rank == 0:
-                ckpt_dir = out / f"step-{step:06d}"
-                editor.save(ckpt_dir / "editor.pt", extra={"step": step, "val": val, "run_config": to_dict(cfg)})
-                torch.save({"editor": editor.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                            "best": best, "best_step": best_step, "bad_vals": bad_vals,
-                            "best_metrics": best_metrics}, ckpt_dir / "state.pt")
+                ckpt_dir = save_step(out, step, editor, {"editor": editor.state_dict(),
+                                     "optimizer": optimizer.state_dict(), "best": best, "best_step": best_step,
+                                     "bad_vals": bad_vals, "best_metrics": best_metrics}, val, to_dict(cfg))
                 if improved:
-                    editor.save(out / "best" / "editor.pt", extra={"step": step, "val": val,
-                                                                    "run_config": to_dict(cfg)})
+                    write_best(out, step, tc.early_stop_metric, score)
             if hooks.on_validate:
                 hooks.on_validate(step, val, ckpt_dir, improved)
             if bad_vals >= tc.early_stop_patience:
@@ -253,7 +255,8 @@ def train_editor(
                 stopped = "time_budget"
                 say(f"[train] time budget of {tc.time_budget_s:.0f}s reached at step {step}")
                 break
-    best_ckpt = (out / "best" / "editor.pt") if out is not None and (out / "best" / "editor.pt").exists() else None
+    best_ckpt = out / step_dir_name(best_step) / EDITOR_FILE if out is not None and best_step else None
+    best_ckpt = best_ckpt if best_ckpt is not None and best_ckpt.exists() else None
     say(f"[train] done: {stopped} at step {step}; best {tc.early_stop_metric}={best:.4f} at step {best_step}"
         + (f"; checkpoint {best_ckpt}" if best_ckpt else ""))
     return TrainResult(best_metrics, best_step, step, best_ckpt, stopped, history)

@@ -33,7 +33,7 @@ MINIMAL = """
 overrides: {model: tiny-llama, data.on_error: skip}
 space:
   data.tasks: {grid: [[recent], [recent, counterfact]]}
-metric: test/zsre/reliability
+metric: val/score
 """
 
 
@@ -41,7 +41,8 @@ metric: test/zsre/reliability
 def test_every_shipped_study_loads_and_every_arm_is_a_valid_config(name):
     assert set(SHIPPED) <= set(list_studies())
     spec = load_study(name)  # deep check: each categorical arm applied to the base config validates
-    assert spec.name == name and spec.space and spec.metric.startswith(spec.test.split + "/")
+    assert spec.name == name and spec.space and spec.metric == "val/score" and spec.test.split == "test"
+    assert spec.results and all(m.startswith("test/") for m in spec.results)
     assert expected_trials(spec) >= 2
     base = spec.base_config()
     for p in spec.space:
@@ -53,7 +54,8 @@ def test_every_shipped_study_loads_and_every_arm_is_a_valid_config(name):
 
 def test_task_scaling_matches_the_paper_design():
     spec = load_study("task-scaling")
-    assert spec.metric == "test/zsre/reliability" and spec.mode == "max"
+    assert spec.metric == "val/score" and spec.mode == "max"  # ZsRE is a result, never the objective
+    assert spec.results[0] == "test/zsre/reliability"
     arms = [spec.trial_config({"data.tasks": v}).data.tasks for v in spec.param("data.tasks").labels()]
     assert arms == [("recent",), ("recent", "counterfact"), ("recent", "counterfact", "convsent")]
     cfg = spec.trial_config({"data.tasks": spec.param("data.tasks").labels()[1]})
@@ -71,6 +73,10 @@ def test_instructions_study_drops_the_optimised_arm_until_the_set_exists(tmp_pat
     assert unseen.data.instruction_setting == "seen"  # trained with the seen pool ...
     assert spec.trial_plan({"setting": "unseen"}).instruction_setting == "unseen"  # ... tested unseen
     assert spec.trial_plan({"setting": "seen"}).instruction_setting == ""
+    for arm in spec.param("setting").values:  # seen vs unseen on the training tasks' test splits, not ZsRE
+        cfg = spec.trial_config({"setting": arm})
+        assert tasks_under_test(spec.trial_plan({"setting": arm}), cfg) == ["counterfact", "recent", "convsent"]
+    assert spec.trial_plan({"setting": "unseen"}).split == "test" and spec.metric == "val/score"
 
     sets = tmp_path / "sets"
     sets.mkdir()
@@ -137,7 +143,7 @@ def test_precedence_base_overrides_budget_set_then_trial(tmp_path):
     ("{arm: {grid: {a: {editor.nope: 1}}}}", "nope"),
 ])
 def test_bad_spaces_are_rejected_with_the_key(tmp_path, space, match):
-    p = write(tmp_path, f"overrides: {{model: tiny-llama}}\nspace: {space}\nmetric: test/avg/reliability\n")
+    p = write(tmp_path, f"overrides: {{model: tiny-llama}}\nspace: {space}\nmetric: val/reliability\n")
     with pytest.raises(ConfigError, match=match):
         load_study(p)
 
@@ -145,8 +151,8 @@ def test_bad_spaces_are_rejected_with_the_key(tmp_path, space, match):
 def test_bad_study_fields_are_rejected(tmp_path):
     for extra, match in [("mode: up\n", "mode must be"), ("searcher: hyperopt\n", "searcher"),
                          ("scheduler: {type: pbt}\n", "scheduler.type"), ("trials: 0\n", "trials"),
-                         ("nonsense: 1\n", "unknown key"), ("metric: reliability\n", "<split>/<task>/<metric>"),
-                         ("metric: val/zsre/reliability\n", "test split"),
+                         ("nonsense: 1\n", "unknown key"), ("metric: reliability\n", "not a metric key"),
+                         ("test: {split: val}\n", "study.test.split"),
                          ("resources: {cpu: 0}\n", "needs some cpu")]:
         with pytest.raises(ConfigError, match=match):
             load_study(write(tmp_path, MINIMAL + extra))
@@ -170,19 +176,22 @@ def test_param_space_per_searcher_and_labels(tmp_path):
 
 
 def _row(tid, status, metric=None, **kw):
-    m = {} if metric is None else {"test/zsre/reliability": metric, "val/score": 0.5}
+    # The test number runs against the val objective: a test-selected study would pick another trial.
+    m = {} if metric is None else {"val/score": metric, "test/zsre/reliability": 1.0 - metric}
     return TrialRow(trial_id=tid, trial_name=f"trial_{tid}", status=status, params={"data.tasks": tid}, metrics=m, **kw)
 
 
 def test_best_trial_and_summary_order():
     rows = [_row("a", "done", 0.2), _row("b", "failed", error="boom"), _row("c", "done", 0.7),
             _row("d", "stopped"), _row("e", "done", float("nan"))]
-    assert best_trial(rows, "test/zsre/reliability", "max").trial_id == "c"
-    assert best_trial(rows, "test/zsre/reliability", "min").trial_id == "a"
-    assert best_trial([_row("b", "failed")], "test/zsre/reliability", "max") is None
-    table = summary_rows(rows, "test/zsre/reliability", "max")
+    assert best_trial(rows, "val/score", "max").trial_id == "c"
+    assert best_trial(rows, "val/score", "min").trial_id == "a"
+    assert best_trial([_row("b", "failed")], "val/score", "max") is None
+    table = summary_rows(rows, "val/score", "max", ("test/zsre/reliability",))
     assert [r["trial_id"] for r in table] == ["c", "a", "e", "b", "d"]
-    assert list(table[0])[:5] == ["trial_id", "trial_name", "status", "param:data.tasks", "test/zsre/reliability"]
+    assert list(table[0])[:6] == ["trial_id", "trial_name", "status", "param:data.tasks", "val/score",
+                                  "test/zsre/reliability"]
+    assert table[0]["test/zsre/reliability"] == pytest.approx(0.3)  # reported, not what ranked it
     assert table[3]["error"] == "boom" and table[3]["status"] == "failed"
 
 
@@ -216,6 +225,6 @@ def test_hparams_builds_optuna_searcher_and_asha_scheduler():
     assert type(asha).__name__ == "AsyncHyperBandScheduler" and asha.metric == "val/score"
     assert asha._max_t == base.train.max_steps // base.train.val_every + 1
     searcher = _search_alg(spec)
-    assert searcher.metric == "test/avg/edit_success" and searcher.mode == "max"
-    searcher.on_trial_result("t0", {"val/score": 0.3, "training_iteration": 1})  # val-only: ignored
+    assert searcher.metric == "val/score" and searcher.mode == "max"
+    searcher.on_trial_result("t0", {"val/score": 0.3, "training_iteration": 1})  # intermediate: ignored
     assert _scheduler(load_study("smoke"), base) is None and _search_alg(load_study("smoke")) is None
