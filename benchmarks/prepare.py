@@ -24,15 +24,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from instructedit.config import load_run_config
 from instructedit.data import readers
-from instructedit.data.pipeline import (
-    ALL_HOLD_OUT,
-    ALL_TASKS,
-    build_task,
-    init_ray,
-    prepare,
-    resolve_data_dir,
-    task_configs,
-)
+from instructedit.data.corpora import resolve_data_dir
+from instructedit.data.pipeline import ALL_HOLD_OUT, ALL_TASKS, build_task, task_configs
+from instructedit.data.prepare import init_ray, prepare
 from instructedit.data.record import records_to_table
 
 

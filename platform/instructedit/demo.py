@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import tracking
     from .cli import main as cli
     from .config import load_run_config, parse_overrides
-    from .data.pipeline import prepare
+    from .data.prepare import prepare
     from .train.run import train_run
     from .train.trainer import init_ray
 

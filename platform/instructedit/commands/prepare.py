@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import apply_overrides, load_run_config, parse_overrides
-    from ..data.pipeline import ALL_HOLD_OUT, ALL_TASKS, CorpusNotFoundError, prepare
+    from ..data.corpora import CorpusNotFoundError
+    from ..data.pipeline import ALL_HOLD_OUT, ALL_TASKS
+    from ..data.prepare import prepare
     from ..data.readers import DataError
 
     overrides: dict = {}

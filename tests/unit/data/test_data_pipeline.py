@@ -11,15 +11,14 @@ from instructedit.config import (
     load_task,
     replace,
 )
+from instructedit.data.corpora import CorpusNotFoundError, resolve_data_dir
 from instructedit.data.pipeline import (
-    CorpusNotFoundError,
     assign_split,
     balance,
     borrow_locality,
     build_task,
     cap,
     load_records,
-    resolve_data_dir,
 )
 from instructedit.data.record import EditRecord, Probe
 
@@ -158,9 +157,9 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
     with pytest.raises(CorpusNotFoundError, match="KnowEdit"):
         resolve_data_dir(tmp_path / "missing")
     monkeypatch.delenv("INSTRUCTEDIT_DATA")
-    import instructedit.data.pipeline as pl
+    from instructedit.data import corpora
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(pl, "_repo_root", lambda: tmp_path / "a" / "b")
+    monkeypatch.setattr(corpora, "_repo_root", lambda: tmp_path / "a" / "b")
     with pytest.raises(CorpusNotFoundError, match="zjunlp/KnowEdit"):
         resolve_data_dir()
