@@ -103,44 +103,60 @@ def instructed(record, prompt: str) -> str:
     return apply_template(load_task(record.task), record.instruction, prompt)
 
 
-def edit_batch(records, tokenizer, max_length: int = 128) -> TokenBatch:
-    """Row e = edit e: the instruction-tagged edit input followed by the new target."""
+def edit_batch(records, tokenizer, max_length: int = 128, instructed: bool = True) -> TokenBatch:
+    """Row e = edit e: the edit input followed by the new target. `instructed`: the record's
+    instruction-tagged edit input (instruction-trained methods); else the plain prompt."""
     return encode_pairs(
-        tokenizer, [r.edit_input or r.prompt for r in records], [r.target_new for r in records],
+        tokenizer, [(r.edit_input if instructed else "") or r.prompt for r in records],
+        [r.target_new for r in records],
         row_edit=list(range(len(records))),
         meta=[{"kind": "edit", "case_id": r.case_id, "task": r.task} for r in records],
         max_length=max_length,
     )
 
 
+PROBE_KINDS = ("prompt", "rephrase", "portability", "locality", "sentiment")
+
+
 def probe_batch(records, tokenizer, kind: str, max_length: int = 128, limit: int | None = None,
-                all_aliases: bool = True, pick: int | None = None) -> TokenBatch | None:
+                all_aliases: bool = True, pick: int | None = None, instructed_probe: bool = False
+                ) -> TokenBatch | None:
     """Rows for one probe kind of every record, each row tied to its record's edit.
 
-    kind: rephrase (instructed, answer = target_new), locality (never instructed; first alias,
-    since locality compares pre and post predictions), portability (instructed; one row per
-    alias, a probe counts as correct if any alias is), sentiment (the edit input followed by each
-    good and bad sentence; meta["good"] tells which). `limit` caps probes per record; `pick`
-    selects one probe per record by index (mod count), for training batches.
+    kind: prompt (the edit's own question, answer = target_new; NLL tasks), rephrase (answer =
+    target_new), portability (one row per alias, a probe counts as correct if any alias is),
+    locality (first alias, since locality compares pre and post predictions), sentiment (the topic
+    question followed by each good and bad sentence, meta["good"] tells which; the edit's own
+    target sentence is left out, so an edit is never scored on the sentence it was made from).
+    Probes are plain, as a user asks them; `instructed_probe` puts the record's instruction on
+    prompt, rephrase, portability and sentiment probes (never on locality: it measures what the
+    edit did to unrelated inputs). `limit` caps probes per record; `pick` selects one probe per
+    record by index (mod count), for training batches.
     """
+    if kind not in PROBE_KINDS:
+        raise ValueError(f"unknown probe kind {kind!r}; known: {PROBE_KINDS}")
+
+    def q(r, prompt: str) -> str:
+        return instructed(r, prompt) if instructed_probe else prompt
+
     prompts, answers, row_edit, row_probe, meta = [], [], [], [], []
     probe_id = 0
     for e, r in enumerate(records):
         items: list[tuple[str, list[str], dict]] = []
-        if kind == "rephrase":
-            items = [(instructed(r, p), [r.target_new], {}) for p in r.rephrase_prompts]
+        if kind == "prompt":
+            if r.sentiment is None:
+                items = [(q(r, r.prompt), [r.target_new], {})]
+        elif kind == "rephrase":
+            items = [(q(r, p), [r.target_new], {}) for p in r.rephrase_prompts]
         elif kind == "locality":
             items = [(p.prompt, p.answer[:1], {"probe_kind": p.kind}) for p in r.locality]
         elif kind == "portability":
-            items = [(instructed(r, p.prompt), p.answer if all_aliases else p.answer[:1],
+            items = [(q(r, p.prompt), p.answer if all_aliases else p.answer[:1],
                       {"probe_kind": p.kind}) for p in r.portability]
-        elif kind == "sentiment":
-            if r.sentiment is not None:
-                prompt = r.edit_input or r.prompt
-                items = [(prompt, [s], {"good": True}) for s in r.sentiment.good] + \
-                        [(prompt, [s], {"good": False}) for s in r.sentiment.bad]
-        else:
-            raise ValueError(f"unknown probe kind {kind!r}")
+        elif kind == "sentiment" and r.sentiment is not None:
+            prompt = q(r, r.prompt)
+            items = [(prompt, [s], {"good": True}) for s in r.sentiment.good if s != r.target_new] + \
+                    [(prompt, [s], {"good": False}) for s in r.sentiment.bad]
         items = [it for it in items if any(a.strip() for a in it[1])]
         if pick is not None and items:
             items = [items[pick % len(items)]]

@@ -1,28 +1,52 @@
 """Batched, exact evaluation of B independent edits at once.
 
-For a batch of records: the edit rows run through the editor once (one forward+backward), then every
-probe kind (rephrase, portability, locality, sentiment) runs as one batched forward with row r
-patched by edit row_edit[r]. Lower blocks run once per probe batch and serve the pre- and post-edit
-passes. The numbers equal one-record-at-a-time evaluation (tested).
+For a batch of records: the edit rows run through the method once (one forward+backward for
+MEND), then every probe kind runs as one batched forward with row r patched by edit row_edit[r].
+Lower blocks run once per probe batch and serve the pre- and post-edit passes.
+
+What is measured (docs/metrics.md): headline metrics on what a user sends to the edited model,
+the plain prompt, rephrase, portability question and ConvSent topic question; the same probes
+with the record's instruction as `<metric>_instructed` (for every method alike, the pre-edit
+model included, so a table separates what the edit did from what the prompt did); greedy
+generation from the plain prompts as `*_gen`. Locality and drawdown are plain only.
+
+`score` holds every metric definition and works through a `Forward` (logits and greedy
+continuations, pre or post edit). `BatchedForward` patches the edits row by row; the reference in
+runner.py applies one record's edit densely and runs the whole model, and must give the same
+numbers (tested).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from ..data.batches import TokenBatch, edit_batch, probe_batch
 from ..editor import losses
-from ..editor.editor import Edits, MendEditor
+from ..editor.hooks import patched
+from . import generation
 from .metrics import edit_success  # noqa: F401  (re-exported for callers of core)
 
-MakeEdits = Callable[[TokenBatch, torch.Tensor], "Edits | None"]
+MakeEdits = Callable[[TokenBatch, torch.Tensor], "dict | None"]
+INSTRUCTED = "_instructed"
 
 
-def mend_edits(editor: MendEditor) -> MakeEdits:
-    def make(batch: TokenBatch, hidden: torch.Tensor) -> Edits:
+@dataclass(frozen=True)
+class EvalOptions:
+    instructed_edit: bool = True  # the edit input carries the instruction (instruction-trained methods)
+    instructed_probes: bool = True  # also score the *_instructed probe variants
+    generation: bool = True  # reliability_gen, generalization_gen, locality_gen
+    gen_tokens: int = 0  # new tokens per greedy continuation; 0 = the batch's longest answer + 2
+
+
+def mend_edits(editor) -> MakeEdits:
+    def make(batch: TokenBatch, hidden: torch.Tensor):
         with torch.no_grad():  # the transform needs no graph at evaluation
             u, d, _ = editor.edit_gradients(batch, hidden)
             return editor.transform(u, d, batch.attention_mask)
@@ -34,88 +58,182 @@ def no_edits(batch: TokenBatch, hidden: torch.Tensor) -> None:
     return None
 
 
-def _per_probe(values: torch.Tensor, batch: TokenBatch, reduce: str = "mean") -> dict[int, float]:
-    """Row values -> per-probe value (alias rows of one probe: max = any alias counts)."""
-    out: dict[int, float] = {}
-    for v, p in zip(values.tolist(), batch.row_probe.tolist()):
-        out[p] = max(out.get(p, float("-inf")), v) if reduce == "max" else v
-    return out
+# ----------------------------------------------------------------------------------- forwards
+class Forward(Protocol):
+    def logits(self, batch: TokenBatch, post: bool) -> torch.Tensor: ...
+
+    def generate(self, prompt_ids: list[list[int]], row_edit: list[int], new_tokens: int,
+                 post: bool) -> list[list[int]]: ...
+
+
+class BatchedForward:
+    """Edits patched in row by row; a probe batch's lower blocks run once for pre and post."""
+
+    def __init__(self, editor, edits):
+        self.editor, self.edits = editor, edits
+        self._last: tuple[TokenBatch, torch.Tensor] | None = None  # (batch, its lower hidden states)
+
+    def logits(self, batch: TokenBatch, post: bool) -> torch.Tensor:
+        if self._last is None or self._last[0] is not batch:
+            self._last = (batch, self.editor.lower(batch))  # pre and post of a batch come together
+        return self.editor.answer_logits(batch, self._last[1], self.edits if post else None)
+
+    def generate(self, prompt_ids, row_edit, new_tokens, post):
+        e = self.editor
+        if post and self.edits:
+            with patched(e.layers, self.edits, torch.tensor(row_edit, dtype=torch.long, device=e.device)):
+                return generation.greedy(e.model, e.tokenizer, prompt_ids, new_tokens)
+        return generation.greedy(e.model, e.tokenizer, prompt_ids, new_tokens)
+
+
+# ------------------------------------------------------------------------------------ scoring
+def _restrict(records, keep: list[int]):
+    """The records at `keep`, and a map from their batch index back to the edit index."""
+    return [records[i] for i in keep], torch.tensor(keep, dtype=torch.long)
+
+
+def _probe_batch(records, tok, kind, max_length, keep, instructed_probe=False) -> TokenBatch | None:
+    sub, back = _restrict(records, keep)
+    if not sub:
+        return None
+    pb = probe_batch(sub, tok, kind, max_length, instructed_probe=instructed_probe)
+    return None if pb is None else dataclasses.replace(pb, row_edit=back[pb.row_edit])
+
+
+def _accuracy_per_probe(fwd: Forward, pb: TokenBatch) -> dict[int, tuple[int, float, str]]:
+    """probe -> (edit, teacher-forced accuracy, probe kind); alias rows: any alias counts (max)."""
+    lg = fwd.logits(pb, True)
+    rows = losses.answer_rows(pb.answer_mask)
+    acc = losses.token_accuracy(lg, pb.answer_ids[pb.answer_mask], rows, len(pb)).tolist()
+    best: dict[int, tuple[int, float, str]] = {}
+    for r, (p, e) in enumerate(zip(pb.row_probe.tolist(), pb.row_edit.tolist())):
+        prev = best.get(p, (e, float("-inf"), ""))[1]
+        best[p] = (e, max(prev, acc[r]), pb.meta[r].get("probe_kind", ""))
+    return best
+
+
+def _mean(v: list[float]) -> float:
+    return sum(v) / len(v)
+
+
+def _score_nll(records, tok, fwd: Forward, max_length: int, results: list[dict], suffix: str,
+               instructed: bool) -> None:
+    """reliability, generalization, portability (+ per kind) of one probe variant."""
+    keep = [i for i, r in enumerate(records) if r.sentiment is None and (r.instruction or not instructed)]
+    for kind, metric in (("prompt", "reliability"), ("rephrase", "generalization"), ("portability", "portability")):
+        pb = _probe_batch(records, tok, kind, max_length, keep, instructed)
+        if pb is None:
+            continue
+        per_edit: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for e, v, sub in _accuracy_per_probe(fwd, pb).values():
+            per_edit[e][sub if kind == "portability" else ""].append(v)
+        for e, by_kind in per_edit.items():
+            means = {k: _mean(v) for k, v in by_kind.items()}
+            if kind == "portability":
+                for k, v in means.items():
+                    results[e][f"portability/{k}{suffix}"] = v
+            results[e][metric + suffix] = _mean(list(means.values()))  # portability: mean over kinds
+
+
+def es_sentiment(pre_lp: torch.Tensor, post_lp: torch.Tensor, good: torch.Tensor) -> float:
+    """ConvSent edit success as SERAC defines it, from the per-token log-probs of one edit's
+    sentences (target-sentiment tokens where `good`):
+        z_sent  = sigmoid(mean_post(good) - mean_post(bad))     the target sentiment wins
+        z_topic = min(1, exp(mean_post(good) - mean_pre(good)))  and became more likely, not less
+        ES      = z_sent * z_topic
+    Means are over tokens of all sentences of a polarity."""
+    if not good.any() or good.all():
+        return float("nan")
+    pos_post, neg_post, pos_pre = post_lp[good].mean(), post_lp[~good].mean(), pre_lp[good].mean()
+    z_sent = torch.sigmoid(pos_post - neg_post)
+    z_topic = torch.clamp(torch.exp(pos_post - pos_pre), max=1.0)
+    return float(z_sent * z_topic)
+
+
+def _score_sentiment(records, tok, fwd: Forward, max_length: int, results: list[dict], suffix: str,
+                     instructed: bool) -> None:
+    keep = [i for i, r in enumerate(records) if r.sentiment is not None and (r.instruction or not instructed)]
+    sb = _probe_batch(records, tok, "sentiment", max_length, keep, instructed)
+    if sb is None:
+        return
+    rows = losses.answer_rows(sb.answer_mask)
+    ids = sb.answer_ids[sb.answer_mask]
+    pre = losses.token_logprobs(fwd.logits(sb, False), ids)
+    post = losses.token_logprobs(fwd.logits(sb, True), ids)
+    tok_edit = sb.row_edit.to(rows.device)[rows]
+    tok_good = torch.tensor([bool(m["good"]) for m in sb.meta], device=rows.device)[rows]
+    for e in sorted(set(tok_edit.tolist())):
+        sel = tok_edit == e
+        es = es_sentiment(pre[sel], post[sel], tok_good[sel])
+        if not math.isnan(es):
+            results[e]["es" + suffix] = es
+
+
+def _score_unrelated(records, tok, fwd: Forward, max_length: int, results: list[dict]) -> None:
+    """Locality (NLL tasks: share of answer-token argmax unchanged) and drawdown (ConvSent: KL)."""
+    lb = _probe_batch(records, tok, "locality", max_length, list(range(len(records))))
+    if lb is None:
+        return
+    pre, post = fwd.logits(lb, False), fwd.logits(lb, True)
+    lrow = losses.answer_rows(lb.answer_mask)
+    same = losses.per_row_mean((pre.argmax(-1) == post.argmax(-1)).float(), lrow, len(lb))
+    kl = losses.kl_pre_post(pre, post, lrow, len(lb))
+    B = len(records)
+    loc = losses.per_row_mean(same, lb.row_edit, B)
+    dd = losses.per_row_mean(kl, lb.row_edit, B)
+    for e in sorted(set(lb.row_edit.tolist())):
+        if records[e].sentiment is None:
+            results[e]["locality"] = float(loc[e])
+        else:
+            results[e]["dd"] = float(dd[e])
+
+
+def _score_generation(records, tok, fwd: Forward, max_length: int, results: list[dict], gen_tokens: int) -> None:
+    """reliability_gen / generalization_gen (greedy from the plain prompt and rephrases starts
+    with the target) and locality_gen (greedy continuation of unrelated prompts unchanged)."""
+    nll = [i for i, r in enumerate(records) if r.sentiment is None]
+    if not nll:
+        return
+    probes = [(e, "reliability_gen", records[e].prompt) for e in nll]
+    probes += [(e, "generalization_gen", p) for e in nll for p in records[e].rephrase_prompts]
+    n_new = gen_tokens or generation.answer_tokens(tok, [records[e].target_new for e in nll]) + 2
+    ids = generation.encode_prompts(tok, [p for _, _, p in probes], max_length)
+    texts = generation.decode(tok, fwd.generate(ids, [e for e, _, _ in probes], n_new, True))
+    got: dict[tuple[int, str], list[float]] = defaultdict(list)
+    for (e, metric, _), text in zip(probes, texts):
+        got[(e, metric)].append(float(generation.starts_with(text, [records[e].target_new])))
+    loc = [(e, p.prompt, p.answer[:1]) for e in nll for p in records[e].locality]
+    if loc:
+        n_loc = gen_tokens or generation.answer_tokens(tok, [a for _, _, ans in loc for a in ans]) + 2
+        lids = generation.encode_prompts(tok, [p for _, p, _ in loc], max_length)
+        row_edit = [e for e, _, _ in loc]
+        before = fwd.generate(lids, row_edit, n_loc, False)
+        after = fwd.generate(lids, row_edit, n_loc, True)
+        for e, a, b in zip(row_edit, before, after):
+            got[(e, "locality_gen")].append(float(a == b))
+    for (e, metric), v in got.items():
+        results[e][metric] = _mean(v)
+
+
+def score(records, tok, fwd: Forward, max_length: int, options: EvalOptions) -> list[dict]:
+    """Per-case metric dicts for `records`, edit e belonging to records[e]."""
+    results = [{"case_id": r.case_id, "task": r.task, "instruction_id": r.instruction_id} for r in records]
+    variants = [("", False)] + ([(INSTRUCTED, True)] if options.instructed_probes else [])
+    for suffix, instructed in variants:
+        _score_nll(records, tok, fwd, max_length, results, suffix, instructed)
+        _score_sentiment(records, tok, fwd, max_length, results, suffix, instructed)
+    _score_unrelated(records, tok, fwd, max_length, results)
+    if options.generation:
+        _score_generation(records, tok, fwd, max_length, results, options.gen_tokens)
+    return results
 
 
 @torch.no_grad()
-def evaluate_batch(editor: MendEditor, records, make_edits: MakeEdits, max_length: int = 128) -> list[dict]:
+def evaluate_batch(editor, records, make_edits: MakeEdits, max_length: int = 128,
+                   options: EvalOptions | None = None) -> list[dict]:
     """Per-case metric dicts for `records`, each edited independently."""
-    tok = editor.tokenizer
-    B = len(records)
-    results = [{"case_id": r.case_id, "task": r.task, "instruction_id": r.instruction_id} for r in records]
-    eb = edit_batch(records, tok, max_length)
-    h = editor.lower(eb)
+    options = options or EvalOptions()
+    eb = edit_batch(records, editor.tokenizer, max_length, instructed=options.instructed_edit)
     with torch.enable_grad():
-        edits = make_edits(eb, h)
-
-    def post_logits(b: TokenBatch, hidden):
-        return editor.answer_logits(b, hidden, edits)
-
-    # Reliability (NLL tasks): target tokens on the edit input.
-    logits = post_logits(eb, h)
-    rows = losses.answer_rows(eb.answer_mask)
-    rel = losses.token_accuracy(logits, eb.answer_ids[eb.answer_mask], rows, B)
-    for e, r in enumerate(records):
-        if r.sentiment is None:
-            results[e]["reliability"] = float(rel[e])
-
-    # Generalization and portability: accuracy on instructed probes; any alias counts.
-    for kind in ("rephrase", "portability"):
-        pb = probe_batch(records, tok, kind, max_length)
-        if pb is None:
-            continue
-        lg = post_logits(pb, editor.lower(pb))
-        prow = losses.answer_rows(pb.answer_mask)
-        acc = losses.token_accuracy(lg, pb.answer_ids[pb.answer_mask], prow, len(pb))
-        best = _per_probe(acc, pb, "max")
-        per_case: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        seen = set()
-        for r_i, (p, e) in enumerate(zip(pb.row_probe.tolist(), pb.row_edit.tolist())):
-            if p in seen:
-                continue
-            seen.add(p)
-            sub = pb.meta[r_i].get("probe_kind", "") if kind == "portability" else ""
-            per_case[e][sub].append(best[p])
-        for e, by_kind in per_case.items():
-            if kind == "rephrase":
-                results[e]["generalization"] = sum(by_kind[""]) / len(by_kind[""])
-            else:
-                means = {k: sum(v) / len(v) for k, v in by_kind.items()}
-                for k, v in means.items():
-                    results[e][f"portability/{k}"] = v
-                results[e]["portability"] = sum(means.values()) / len(means)
-
-    # Locality (NLL tasks) and drawdown (ConvSent): unrelated prompts, pre vs post.
-    lb = probe_batch(records, tok, "locality", max_length)
-    if lb is not None:
-        hl = editor.lower(lb)
-        pre = editor.answer_logits(lb, hl)
-        post = post_logits(lb, hl)
-        lrow = losses.answer_rows(lb.answer_mask)
-        same = losses.per_row_mean((pre.argmax(-1) == post.argmax(-1)).float(), lrow, len(lb))
-        kl = losses.kl_pre_post(pre, post, lrow, len(lb))
-        loc = losses.per_row_mean(same, lb.row_edit, B)
-        dd = losses.per_row_mean(kl, lb.row_edit, B)
-        has = torch.zeros(B, dtype=torch.bool).index_fill(0, lb.row_edit.cpu(), True)
-        for e, r in enumerate(records):
-            if not has[e]:
-                continue
-            if r.sentiment is None:
-                results[e]["locality"] = float(loc[e])
-            else:
-                results[e]["dd"] = float(dd[e])
-
-    # ConvSent edit success: good sentences out-score bad ones after the edit.
-    sb = probe_batch(records, tok, "sentiment", max_length)
-    if sb is not None:
-        _, ok = losses.sentiment_scores(post_logits(sb, editor.lower(sb)), sb, B)
-        for e, r in enumerate(records):
-            if r.sentiment is not None:
-                results[e]["es"] = float(ok[e])
-    return results
-
+        edits = make_edits(eb, editor.lower(eb))
+    return score(records, editor.tokenizer, BatchedForward(editor, edits), max_length, options)

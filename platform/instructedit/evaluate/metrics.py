@@ -1,7 +1,9 @@
-"""The metric registry: every metric the platform reports, with its direction and meaning.
+"""The metric registry: every metric the platform reports, one place for its facts.
 
-Values are computed batched in core.py (teacher-forced, token-level argmax accuracy); this module
-is the single place that says what each name means and which way is better.
+Each metric says which way is better, how it is displayed (x100 for shares, as-is for a KL), the
+probe it is measured on and where it comes from in the literature; evaluation, MLflow logging,
+the tables and the report read it from here (docs/metrics.md is the prose version). Values are
+computed in core.py. Torch-free: analysis/ imports this module.
 """
 
 from __future__ import annotations
@@ -9,32 +11,63 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from . import stats
+
+INSTRUCTED = "_instructed"
+CI_SUFFIXES = ("_ci_low", "_ci_high", "_n")
+
 
 @dataclass(frozen=True)
 class Metric:
     name: str
     higher_is_better: bool
     description: str
+    probe: str = ""  # what the edited model is asked
+    source: str = ""
+    scale: float = 100.0  # display factor: shares are shown in percent
+    headline: bool = True  # plain probes; False for instructed variants (extra columns)
 
 
 METRICS: dict[str, Metric] = {}
 
 
-def register(name: str, higher_is_better: bool, description: str) -> Metric:
-    m = Metric(name, higher_is_better, description)
+def register(name: str, higher_is_better: bool, description: str, probe: str = "", source: str = "",
+             scale: float = 100.0, instructed: bool = False) -> Metric:
+    m = Metric(name, higher_is_better, description, probe, source, scale, headline=True)
     METRICS[name] = m
+    if instructed:  # the same metric on the record's instruction-tagged probe, for every method
+        METRICS[name + INSTRUCTED] = Metric(name + INSTRUCTED, higher_is_better, description + " (instructed probe)",
+                                            f"{probe}, prefixed by the task instruction", source, scale,
+                                            headline=False)
     return m
 
 
-register("reliability", True, "answer-token accuracy of the new target on the edit prompt after the edit")
-register("generalization", True, "answer-token accuracy of the new target on rephrased prompts")
-register("locality", True, "share of answer-token argmax predictions unchanged by the edit on unrelated prompts")
-register("portability", True, "mean over portability kinds of answer-token accuracy (any alias counts)")
-register("portability/reasoning", True, "portability on multi-hop reasoning prompts")
-register("portability/subject_aliasing", True, "portability on prompts naming the subject by an alias")
-register("portability/logical_generalization", True, "portability on logically implied prompts")
-register("es", True, "ConvSent edit success: the edited model prefers target-sentiment sentences about the topic")
-register("dd", False, "ConvSent drawdown: KL(pre || post) on prompts about other topics")
+_TF = "teacher-forced token-level argmax accuracy"
+register("reliability", True, f"{_TF} of the new target after the edit", "the plain edit prompt",
+         "MEND (Mitchell et al. 2022); KnowEdit 'Edit Succ.'", instructed=True)
+register("generalization", True, f"{_TF} of the new target on rephrases of the prompt (mean over rephrases)",
+         "plain rephrases", "MEND; KnowEdit", instructed=True)
+register("portability", True, f"mean over portability kinds of {_TF} (any alias counts)",
+         "plain reasoning / subject-alias / logical-generalisation questions", "KnowEdit (Zhang et al. 2024)",
+         instructed=True)
+for _kind in ("reasoning", "subject_aliasing", "logical_generalization"):
+    register(f"portability/{_kind}", True, f"portability on {_kind.replace('_', ' ')} prompts",
+             f"plain {_kind.replace('_', ' ')} questions", "KnowEdit", instructed=True)
+register("locality", True, "share of answer-token argmax predictions unchanged by the edit on unrelated prompts",
+         "plain unrelated prompts (never instructed)", "MEND 'drawdown' as accuracy; KnowEdit 'Locality'")
+register("es", True, "ConvSent edit success: sigmoid(mean logp good - mean logp bad) x min(1, exp(mean logp "
+         "good post - pre)), target-sentiment sentences other than the edit's own", "the plain topic question",
+         "SERAC (Mitchell et al. 2022) es_sentiment; EasyEdit", instructed=True)
+register("dd", False, "ConvSent drawdown: KL(pre || post) per token on sentences about other topics of the same split",
+         "plain questions about other topics", "SERAC ConvSent", scale=1.0)
+register("reliability_gen", True, "greedy continuation of the plain prompt starts with the target",
+         "the plain edit prompt", "generation-based evaluation (e.g. 'The Mirage of Model Editing', 2025)")
+register("generalization_gen", True, "greedy continuation of plain rephrases starts with the target",
+         "plain rephrases", "generation-based evaluation")
+register("locality_gen", True, "greedy continuation of an unrelated prompt is unchanged by the edit",
+         "plain unrelated prompts", "generation-based evaluation")
+register("edit_success", True, "reliability, or ES for ConvSent: the selection key per case",
+         "the plain edit prompt / topic question", "this platform")
 
 
 def get(name: str) -> Metric:
@@ -43,18 +76,36 @@ def get(name: str) -> Metric:
     return METRICS[name]
 
 
-def higher_is_better(key: str) -> bool:
-    """Direction of a metric or of a tracked key such as `test/zsre/reliability`."""
+def base_name(key: str) -> str:
+    """`test/zsre/reliability_ci_low` -> `reliability`; the metric part of a tracked key."""
     parts = key.split("/")
     for i in range(len(parts)):
         name = "/".join(parts[i:])
+        for suf in CI_SUFFIXES:
+            if name.endswith(suf) and name[: -len(suf)] in METRICS:
+                return name[: -len(suf)]
         if name in METRICS:
-            return METRICS[name].higher_is_better
+            return name
+    return key
+
+
+def higher_is_better(key: str) -> bool:
+    """Direction of a metric or of a tracked key such as `test/zsre/reliability`."""
+    name = base_name(key)
+    if name in METRICS:
+        return METRICS[name].higher_is_better
     return not key.startswith("loss")
 
 
+def order(names) -> list[str]:
+    """Registry order: plain (headline) metrics first, their instructed variants after."""
+    rank = {n: i for i, n in enumerate(METRICS)}
+    return sorted(dict.fromkeys(names), key=lambda n: (not METRICS[n].headline if n in METRICS else True,
+                                                        rank.get(n, len(rank)), n))
+
+
 def edit_success(row: dict) -> float | None:
-    """The early-stopping key per case: reliability, or ES for ConvSent."""
+    """The early-stopping key per case: reliability, or ES for ConvSent (plain probes)."""
     value = row.get("reliability")
     if _missing(value):  # missing, or NaN in a DataFrame row
         value = row.get("es")
@@ -65,18 +116,51 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def task_means(rows, names: set[str] | None = None) -> dict[str, dict[str, float]]:
-    """Per-case rows -> {task: {metric: mean over the task's cases}}, plus `edit_success`.
-
-    Missing and NaN values are skipped; `names` keeps only those metrics (default: every float).
-    """
-    sums: dict[str, dict[str, list[float]]] = {}
+def per_task_values(rows, names: set[str] | None = None) -> dict[str, dict[str, list[float]]]:
+    """Per-case rows -> {task: {metric: [value per case]}}, plus `edit_success`; NaN skipped."""
+    out: dict[str, dict[str, list[float]]] = {}
     for r in rows:
-        t = sums.setdefault(r["task"], {})
+        t = out.setdefault(r["task"], {})
         for k, v in r.items():
-            if isinstance(v, float) and not math.isnan(v) and k not in ("case_id", "task") and (names is None or k in names):
+            if isinstance(v, float) and not math.isnan(v) and k in METRICS and (names is None or k in names):
                 t.setdefault(k, []).append(v)
         es = edit_success(r)
         if es is not None:
             t.setdefault("edit_success", []).append(es)
-    return {task: {k: sum(v) / len(v) for k, v in ms.items()} for task, ms in sorted(sums.items())}
+    return dict(sorted(out.items()))
+
+
+def task_means(rows, names: set[str] | None = None) -> dict[str, dict[str, float]]:
+    """Per-case rows -> {task: {metric: mean over the task's cases}}, plus `edit_success`."""
+    return {task: {k: sum(v) / len(v) for k, v in ms.items()}
+            for task, ms in per_task_values(rows, names).items()}
+
+
+def task_summary(rows, seed: int = 0) -> dict[str, dict[str, dict]]:
+    """Per-case rows -> {task: {metric: {mean, ci_low, ci_high, n}}} with seeded 95% bootstrap
+    intervals over cases; task `avg` is the macro average over tasks (stratified bootstrap)."""
+    values = per_task_values(rows)
+    out: dict[str, dict[str, dict]] = {}
+    for task, ms in values.items():
+        out[task] = {m: stats.bootstrap(v, seed).as_dict() for m, v in ms.items()}
+    metric_names = order({m for ms in values.values() for m in ms})
+    avg = {}
+    for m in metric_names:
+        groups = [ms[m] for ms in values.values() if m in ms]
+        avg[m] = stats.stratified(groups, seed).as_dict()
+    if avg:
+        out["avg"] = avg
+    return out
+
+
+def flat_metrics(summary: dict[str, dict[str, dict]], split: str) -> dict[str, float]:
+    """summary -> MLflow keys `<split>/<task>/<metric>` plus `_ci_low`, `_ci_high`, `_n`."""
+    out: dict[str, float] = {}
+    for task, ms in summary.items():
+        for m, est in ms.items():
+            key = f"{split}/{task}/{m}"
+            out[key] = float(est["mean"])
+            out[key + "_ci_low"] = float(est["ci_low"])
+            out[key + "_ci_high"] = float(est["ci_high"])
+            out[key + "_n"] = float(est["n"])
+    return out

@@ -185,36 +185,57 @@ class CaseStore:
 
 
 # ------------------------------------------------------------------------------------ summary
-def summary_metrics(rows: pd.DataFrame | list[dict], split: str = "test") -> dict[str, float]:
-    """`<split>/<task>/<metric>` (means over cases) and `<split>/avg/<metric>` (means over tasks)."""
-    from .metrics import METRICS, task_means
+def summarize(rows: pd.DataFrame | list[dict], split: str = "test", seed: int = 0) -> tuple[dict, dict[str, float]]:
+    """Per-case rows -> ({task: {metric: {mean, ci_low, ci_high, n}}}, flat tracked metrics).
+
+    Flat keys: `<split>/<task>/<metric>` (mean over cases; task `avg` = macro average over tasks)
+    plus `_ci_low`, `_ci_high` (seeded 95% bootstrap over cases) and `_n`."""
+    from .metrics import flat_metrics, task_summary
 
     records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else rows
-    out: dict[str, float] = {}
-    per_metric: dict[str, list[float]] = {}
-    for task, means in task_means(records, set(METRICS)).items():
-        for m, v in means.items():
-            out[f"{split}/{task}/{m}"] = float(v)
-            per_metric.setdefault(m, []).append(float(v))
-    for m, vals in per_metric.items():
-        out[f"{split}/avg/{m}"] = sum(vals) / len(vals)  # macro average over tasks
-    return out
+    summary = task_summary(records, seed)
+    return summary, flat_metrics(summary, split)
+
+
+def summary_metrics(rows: pd.DataFrame | list[dict], split: str = "test") -> dict[str, float]:
+    """Only the means of `summarize`: `<split>/<task>/<metric>` and `<split>/avg/<metric>`."""
+    from .metrics import CI_SUFFIXES
+
+    return {k: v for k, v in summarize(rows, split)[1].items() if not k.endswith(CI_SUFFIXES)}
+
+
+def _atomic_write(path: Path, write) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)  # a kill leaves the old file or the new one, never half of one
+    return path
 
 
 def write_summary(metrics: dict[str, float], path: str | Path) -> Path:
+    """Flat metrics -> CSV rows (key, split, task, metric, value, ci_low, ci_high, n)."""
+    from .metrics import CI_SUFFIXES
+
     rows = []
     for k, v in sorted(metrics.items()):
+        if k.endswith(CI_SUFFIXES):
+            continue
         split, task, metric = k.split("/", 2)
-        rows.append({"key": k, "split": split, "task": task, "metric": metric, "value": v})
-    pd.DataFrame(rows, columns=["key", "split", "task", "metric", "value"]).to_csv(path, index=False)
-    return Path(path)
+        rows.append({"key": k, "split": split, "task": task, "metric": metric, "value": v,
+                     "ci_low": metrics.get(k + "_ci_low"), "ci_high": metrics.get(k + "_ci_high"),
+                     "n": metrics.get(k + "_n")})
+    cols = ["key", "split", "task", "metric", "value", "ci_low", "ci_high", "n"]
+    return _atomic_write(Path(path), lambda t: pd.DataFrame(rows, columns=cols).to_csv(t, index=False))
+
+
+def write_summary_json(summary: dict, path: str | Path) -> Path:
+    return _atomic_write(Path(path), lambda t: t.write_text(json.dumps(summary, indent=1, sort_keys=False)))
 
 
 # ------------------------------------------------------------------------------------ running
 @dataclass
 class EvalResult:
     cases: pd.DataFrame
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # flat: means plus _ci_low / _ci_high / _n
     out_dir: Path
     n_new: int  # cases evaluated by this call (the rest came from earlier part files)
     seconds: float
@@ -223,9 +244,15 @@ class EvalResult:
     def cases_path(self) -> Path:
         return self.out_dir / "cases.parquet"
 
+    summary: dict = field(default_factory=dict)  # {task: {metric: {mean, ci_low, ci_high, n}}}
+
     @property
     def summary_path(self) -> Path:
         return self.out_dir / "summary.csv"
+
+    @property
+    def summary_json_path(self) -> Path:
+        return self.out_dir / "summary.json"
 
 
 def _batches(items: list, size: int) -> list[list]:
@@ -233,11 +260,11 @@ def _batches(items: list, size: int) -> list[list]:
 
 
 def evaluate_rows(editor, make_edits, records: list[EditRecord], setting: str, max_length: int,
-                  orders: list[int], extra: dict | None = None) -> list[dict]:
+                  orders: list[int], extra: dict | None = None, options=None) -> list[dict]:
     """One batch of independent edits -> per-case rows (key columns, order, every metric)."""
     from .core import evaluate_batch
 
-    rows = evaluate_batch(editor, records, make_edits, max_length)
+    rows = evaluate_batch(editor, records, make_edits, max_length, options)
     for r, o in zip(rows, orders):
         r["instruction_setting"] = setting
         r["order"] = o
@@ -262,12 +289,18 @@ def run_evaluation(
     instruction_set: str = "",
     progress: bool = True,
     on_batch: Callable[[int, list[dict]], None] | None = None,
+    options=None,
 ) -> EvalResult:
     """Evaluate every record as an independent edit; resumable (see the module docstring).
 
     Give either `target` (built here, or in each Ray actor when workers > 1) or an in-process
     `editor` with its `make_edits`. `on_batch(i, rows)` runs after each part file is written.
+    `options` (core.EvalOptions): whether the edit input is instructed, instructed probes,
+    generation; part of the resume identity.
     """
+    from .core import EvalOptions
+
+    options = options or EvalOptions()
     if target is None and (editor is None or make_edits is None):
         raise ValueError("give an EvalTarget or an editor with make_edits")
     if workers > 1 and target is None:
@@ -279,7 +312,8 @@ def run_evaluation(
     store = CaseStore(out_dir)
     store.check_meta({"split": split, "instruction_setting": setting, "max_length": max_length,
                       "seed": seed, "instruction_set": instruction_set,
-                      "target": target.identity() if target else "in-process"})
+                      "target": target.identity() if target else "in-process",
+                      "options": dataclasses.asdict(options)})
     done = store.done_keys()
     todo: list[tuple[int, EditRecord]] = []
     seen: set[tuple] = set()
@@ -308,7 +342,7 @@ def run_evaluation(
     t_start = time.time()
     n_done = 0
     if batches and workers > 1:
-        for i, rows in enumerate(_run_parallel(target, batches, setting, max_length, workers, extra)):
+        for i, rows in enumerate(_run_parallel(target, batches, setting, max_length, workers, extra, options)):
             n_done += len(rows)
             report(i, rows, n_done, t_start)
     elif batches:
@@ -316,18 +350,19 @@ def run_evaluation(
             editor, make_edits = build(target)
         for i, batch in enumerate(batches):
             rows = evaluate_rows(editor, make_edits, [r for _, r in batch], setting, max_length,
-                                 [o for o, _ in batch], extra)
+                                 [o for o, _ in batch], extra, options)
             n_done += len(rows)
             report(i, rows, n_done, t_start)
     cases = store.merge()
-    metrics = summary_metrics(cases, split)
+    summary, metrics = summarize(cases, split)
     write_summary(metrics, store.root / "summary.csv")
+    write_summary_json(summary, store.root / "summary.json")
     say(f"[eval] done: {len(cases)} cases in {time.time() - t0:.1f}s -> {store.root / 'cases.parquet'}")
-    return EvalResult(cases, metrics, store.root, n_done, time.time() - t0)
+    return EvalResult(cases, metrics, store.root, n_done, time.time() - t0, summary)
 
 
 def _run_parallel(target: EvalTarget, batches: list, setting: str, max_length: int, workers: int,
-                  extra: dict) -> Iterable[list[dict]]:
+                  extra: dict, options) -> Iterable[list[dict]]:
     """Batches over Ray actors, each holding one model; yields rows as batches finish."""
     import ray
     from ray.util import ActorPool
@@ -344,7 +379,7 @@ def _run_parallel(target: EvalTarget, batches: list, setting: str, max_length: i
 
         def run(self, batch):
             return evaluate_rows(self.editor, self.make, [r for _, r in batch], setting, max_length,
-                                 [o for o, _ in batch], extra)
+                                 [o for o, _ in batch], extra, options)
 
     n = min(workers, len(batches))
     pool = ActorPool([Evaluator.remote(target) for _ in range(n)])
@@ -364,6 +399,8 @@ def log_results(result: EvalResult, split: str, *, run_id: str | None = None, ex
             tracking.set_tags(tags, run_id=rid)
         tracking.log_artifact(result.cases_path, f"eval/{split}", run_id=rid)
         tracking.log_artifact(result.summary_path, f"eval/{split}", run_id=rid)
+        if result.summary_json_path.exists():
+            tracking.log_artifact(result.summary_json_path, f"eval/{split}", run_id=rid)
         seq = result.out_dir / "sequential.csv"
         if seq.exists():
             tracking.log_artifact(seq, f"eval/{split}", run_id=rid)
@@ -376,74 +413,3 @@ def log_results(result: EvalResult, split: str, *, run_id: str | None = None, ex
                       tracking_uri=tracking_uri) as rid:
         log(rid)
     return rid
-
-
-# ------------------------------------------------------------------------------------ reference
-def reference_evaluate(editor, record: EditRecord, make_edits: Callable, max_length: int = 128) -> dict:
-    """The slow reference for one record: compute its edit, apply it densely to the model, run
-    plain full forwards of the whole model per probe kind, revert. Same metric definitions as
-    core.evaluate_batch (tests compare the two; the benchmark times them)."""
-    import torch
-
-    from ..data.batches import edit_batch, probe_batch
-    from ..editor import losses
-
-    model, tok = editor.model, editor.tokenizer
-
-    def full(b):
-        out = model(input_ids=b.input_ids.to(editor.device), attention_mask=b.attention_mask.to(editor.device),
-                    use_cache=False)
-        return out.logits[b.answer_mask.to(editor.device)]
-
-    def acc(b):
-        lg = full(b)
-        return losses.token_accuracy(lg, b.answer_ids.to(lg.device)[b.answer_mask.to(lg.device)],
-                                     losses.answer_rows(b.answer_mask).to(lg.device), len(b))
-
-    row = {"case_id": record.case_id, "task": record.task, "instruction_id": record.instruction_id}
-    eb = edit_batch([record], tok, max_length).to(editor.device)
-    with torch.enable_grad():
-        edits = make_edits(eb, editor.lower(eb))
-    lb = probe_batch([record], tok, "locality", max_length)
-    with torch.no_grad():
-        pre_loc = full(lb) if lb is not None else None
-        handle = editor.apply(edits) if edits else None
-        try:
-            if record.sentiment is None:
-                row["reliability"] = float(acc(eb)[0])
-            for kind in ("rephrase", "portability"):
-                pb = probe_batch([record], tok, kind, max_length)
-                if pb is None:
-                    continue
-                a = acc(pb).tolist()
-                best: dict[int, float] = {}
-                sub: dict[int, str] = {}
-                for v, p, m in zip(a, pb.row_probe.tolist(), pb.meta):
-                    best[p] = max(best.get(p, float("-inf")), v)
-                    sub[p] = m.get("probe_kind", "")
-                if kind == "rephrase":
-                    row["generalization"] = sum(best.values()) / len(best)
-                else:
-                    by: dict[str, list[float]] = {}
-                    for p, v in best.items():
-                        by.setdefault(sub[p], []).append(v)
-                    means = {k: sum(v) / len(v) for k, v in by.items()}
-                    row.update({f"portability/{k}": v for k, v in means.items()})
-                    row["portability"] = sum(means.values()) / len(means)
-            if lb is not None:
-                post = full(lb)
-                rows = losses.answer_rows(lb.answer_mask).to(post.device)
-                same = losses.per_row_mean((pre_loc.argmax(-1) == post.argmax(-1)).float(), rows, len(lb))
-                kl = losses.kl_pre_post(pre_loc, post, rows, len(lb))
-                if record.sentiment is None:
-                    row["locality"] = float(same.mean())
-                else:
-                    row["dd"] = float(kl.mean())
-            sb = probe_batch([record], tok, "sentiment", max_length)
-            if sb is not None:
-                _, ok = losses.sentiment_scores(full(sb), sb.to(editor.device), 1)
-                row["es"] = float(ok[0])
-        finally:
-            if handle is not None:
-                handle.revert()
-    return row

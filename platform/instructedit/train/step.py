@@ -40,7 +40,8 @@ def make_step_batch(records, tokenizer, max_length: int = 96, seed: int = 0, n_s
     return StepBatch(
         edit=edit_batch(records, tokenizer, max_length),
         loc=probe_batch(records, tokenizer, "locality", max_length, pick=rng.randrange(1 << 30)),
-        sentiment=probe_batch(records, tokenizer, "sentiment", max_length, limit=n_sentences),
+        # instructed like the edit input, as training has always scored sentiment rows
+        sentiment=probe_batch(records, tokenizer, "sentiment", max_length, limit=n_sentences, instructed_probe=True),
         is_sentiment=torch.tensor([r.sentiment is not None for r in records]),
         tasks=[r.task for r in records],
     )

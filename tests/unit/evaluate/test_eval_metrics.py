@@ -1,12 +1,13 @@
 """Each metric on hand-made logits with known answers."""
 
+import math
+
 import pytest
 import torch
-from instructedit.data.batches import TokenBatch
 from instructedit.editor import losses
-from instructedit.editor.losses import sentiment_scores
 from instructedit.evaluate import metrics
-from instructedit.evaluate.core import _per_probe, edit_success
+from instructedit.evaluate.core import es_sentiment
+from instructedit.evaluate.metrics import edit_success
 from instructedit.evaluate.runner import summary_metrics
 
 
@@ -21,13 +22,6 @@ def test_token_accuracy_reliability():
     rows = torch.tensor([0, 0, 0, 1])
     acc = losses.token_accuracy(logits, ids, rows, 2)
     assert acc.tolist() == pytest.approx([2 / 3, 1.0])
-
-
-def test_alias_any_counts():
-    # probe 0 has two alias rows (first wrong, second right) -> 1; probe 1 one wrong row -> 0
-    values = torch.tensor([0.0, 1.0, 0.0])
-    batch = TokenBatch(*(torch.zeros(3, 2),) * 4, row_edit=torch.tensor([0, 0, 0]), row_probe=torch.tensor([0, 0, 1]))
-    assert _per_probe(values, batch, "max") == {0: 1.0, 1: 0.0}
 
 
 def test_locality_share_unchanged():
@@ -47,18 +41,19 @@ def test_drawdown_kl_known_value():
     assert float(losses.kl_pre_post(pre, pre, torch.tensor([0]), 1)[0]) == pytest.approx(0.0, abs=1e-7)
 
 
-def test_edit_success_es():
-    # edit 0: good sentence likely, bad unlikely -> ES 1; edit 1: reverse -> 0
-    n = 4
-    ids = torch.tensor([[0, 1], [0, 2], [0, 1], [0, 2]])
-    mask = torch.tensor([[True, False]] * n)
-    answer_ids = torch.zeros(n, 2, dtype=torch.long)
-    answer_ids[:, 0] = ids[:, 1]
-    batch = TokenBatch(ids, torch.ones(n, 2), mask, answer_ids, row_edit=torch.tensor([0, 0, 1, 1]),
-                       row_probe=torch.arange(n), meta=[{"good": g} for g in (True, False, True, False)])
-    logits = torch.stack([onehot([1], 3)[0], onehot([1], 3)[0], onehot([2], 3)[0], onehot([2], 3)[0]])
-    _, ok = sentiment_scores(logits, batch, 2)
-    assert ok.tolist() == [1.0, 0.0]
+def test_convsent_es_equals_hand_computed_serac_formula():
+    # tokens of one edit: two of target-sentiment sentences, one of the other sentiment
+    good = torch.tensor([True, True, False])
+    post = torch.tensor([-1.0, -2.0, -3.0])
+    pre = torch.tensor([-2.0, -2.0, -1.0])
+    # z_sent = sigmoid(-1.5 - -3) = sigmoid(1.5); z_topic = min(1, exp(-1.5 - -2)) = 1
+    assert es_sentiment(pre, post, good) == pytest.approx(1 / (1 + math.exp(-1.5)), abs=1e-6)
+    # the good sentences became less likely than before: z_topic = exp(-1.5 - -1) = exp(-0.5)
+    pre_likely = torch.tensor([-1.0, -1.0, -1.0])
+    assert es_sentiment(pre_likely, post, good) == pytest.approx(math.exp(-0.5) / (1 + math.exp(-1.5)), abs=1e-6)
+    # bad sentences winning gives ES < 0.5 even when the good ones rose
+    assert es_sentiment(torch.tensor([-9.0, -9.0, -9.0]), torch.tensor([-4.0, -4.0, -1.0]), good) < 0.05
+    assert math.isnan(es_sentiment(pre, post, torch.tensor([True, True, True])))  # no contrast: undefined
 
 
 def test_registry_directions():
@@ -83,3 +78,24 @@ def test_summary_keys_follow_conventions():
     assert m["test/avg/reliability"] == 0.5
     assert m["test/avg/edit_success"] == pytest.approx(0.75)  # mean over tasks of reliability | es
     assert edit_success(rows[2]) == 1.0
+
+
+def test_instructed_variants_are_registered_after_headline_metrics():
+    assert metrics.get("reliability").headline and not metrics.get("reliability_instructed").headline
+    assert metrics.order(["es_instructed", "reliability_instructed", "reliability", "dd"]) == \
+        ["reliability", "dd", "reliability_instructed", "es_instructed"]
+    assert metrics.base_name("test/zsre/reliability_instructed_ci_low") == "reliability_instructed"
+    assert not metrics.higher_is_better("test/convsent/dd_ci_high")
+    assert metrics.get("dd").scale == 1.0 and metrics.get("locality_gen").scale == 100.0
+
+
+def test_summary_carries_intervals_and_n():
+    rows = [{"case_id": str(i), "task": "zsre", "reliability": float(i % 2)} for i in range(40)]
+    rows += [{"case_id": "c", "task": "convsent", "es": 0.25}]
+    s = metrics.task_summary(rows)
+    est = s["zsre"]["reliability"]
+    assert est["n"] == 40 and est["mean"] == 0.5 and est["ci_low"] < 0.5 < est["ci_high"]
+    assert s["convsent"]["es"] == {"mean": 0.25, "ci_low": 0.25, "ci_high": 0.25, "n": 1}
+    assert s["avg"]["edit_success"]["n"] == 41 and s["avg"]["edit_success"]["mean"] == pytest.approx(0.375)
+    flat = metrics.flat_metrics(s, "test")
+    assert flat["test/zsre/reliability_n"] == 40.0 and "test/avg/reliability_ci_low" in flat

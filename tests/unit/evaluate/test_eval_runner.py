@@ -2,6 +2,7 @@
 unseen instructions, sequential mode, the comparison table."""
 
 import json
+from typing import ClassVar
 
 import pandas as pd
 import pytest
@@ -10,7 +11,15 @@ from eval_records import make_convsent, make_records
 from instructedit.config import CONFIG_DIR, load_task
 from instructedit.data.readers import read_source
 from instructedit.evaluate import runner
-from instructedit.evaluate.core import evaluate_batch, mend_edits, no_edits
+from instructedit.evaluate.core import (
+    BatchedForward,
+    EvalOptions,
+    evaluate_batch,
+    mend_edits,
+    no_edits,
+    score,
+)
+from instructedit.evaluate.reference import reference_evaluate
 from instructedit.evaluate.sequential import evaluate_sequential
 from instructedit.models import weight_fingerprint
 
@@ -28,14 +37,85 @@ def _same(a: dict, b: dict, abs_tol=1e-4):
 
 def test_batched_equals_one_at_a_time(tiny_editor, records):
     make = mend_edits(tiny_editor)
-    batched = evaluate_batch(tiny_editor, records, make, ML)
+    tagged = runner.retag(records, "seen")  # instructed probe variants are scored too
+    batched = evaluate_batch(tiny_editor, tagged, make, ML)
     assert any(r.get("reliability", 0) > 0 for r in batched) or any(r.get("dd", 0) > 0 for r in batched)
-    for got, rec in zip(batched, records):
+    for got, rec in zip(batched, tagged):
         # one record alone through the batched path, and the slow reference (dense apply, full forwards)
         _same(got, evaluate_batch(tiny_editor, [rec], make, ML)[0], 1e-5)
-        _same(got, runner.reference_evaluate(tiny_editor, rec, make, ML))
-    assert {"reliability", "generalization", "locality", "portability", "portability/reasoning"} <= set(batched[0])
-    assert {"es", "dd"} <= set(batched[-1]) and "reliability" not in batched[-1]
+        _same(got, reference_evaluate(tiny_editor, rec, make, ML))
+    headline = {"reliability", "generalization", "locality", "portability", "portability/reasoning",
+                "reliability_gen", "generalization_gen", "locality_gen"}
+    assert headline | {m + "_instructed" for m in ("reliability", "generalization", "portability")} <= set(batched[0])
+    assert {"es", "es_instructed", "dd"} <= set(batched[-1]) and "reliability" not in batched[-1]
+
+
+def _instruction_free(text: str, records) -> bool:
+    return not any(r.instruction and r.instruction in text for r in records) and "Task:" not in text
+
+
+def test_baseline_probes_and_edit_input_carry_no_instruction(tiny_editor, records):
+    """A method trained without instructions edits from the plain prompt, and every headline probe
+    of every method is plain: only *_instructed metrics see the instruction."""
+    tagged = runner.retag(records, "seen")
+    tok = tiny_editor.tokenizer
+    seen_edit = []
+
+    def spy_edits(batch, hidden):
+        seen_edit.extend(tok.decode(row[m.bool()]) for row, m in zip(batch.input_ids, batch.attention_mask))
+        return mend_edits(tiny_editor)(batch, hidden)
+
+    class Spy(BatchedForward):
+        texts: ClassVar[list[str]] = []
+
+        def logits(self, batch, post):
+            self.texts.extend(tok.decode(row[m.bool()]) for row, m in zip(batch.input_ids, batch.attention_mask))
+            return super().logits(batch, post)
+
+    opts = EvalOptions(instructed_edit=False, instructed_probes=False, generation=False)
+    from instructedit.data.batches import edit_batch
+
+    eb = edit_batch(tagged, tok, ML, instructed=opts.instructed_edit)
+    edits = spy_edits(eb, tiny_editor.lower(eb))
+    spy = Spy(tiny_editor, edits)
+    rows = score(tagged, tok, spy, ML, opts)
+    assert seen_edit and all(_instruction_free(t, tagged) for t in seen_edit)
+    assert spy.texts and all(_instruction_free(t, tagged) for t in spy.texts)
+    assert not any(k.endswith("_instructed") for r in rows for k in r)
+    # an instruction-trained method's edit input does carry it
+    ie = edit_batch(tagged, tok, 512, instructed=True)  # long enough that the template is not cut
+    assert all("Task:" in tok.decode(row[m.bool()]) for row, m in zip(ie.input_ids, ie.attention_mask))
+
+
+class _LeansOnInstruction(BatchedForward):
+    """An 'edit' that holds only when the prompt carries the instruction: the target is the
+    argmax on instructed rows and never on plain ones."""
+
+    def __init__(self, editor):
+        super().__init__(editor, None)
+
+    def logits(self, batch, post):
+        tok = self.editor.tokenizer
+        vocab = self.editor.model.config.vocab_size
+        rows = batch.answer_mask.nonzero(as_tuple=True)[0]
+        ids = batch.answer_ids[batch.answer_mask]
+        instructed = torch.tensor(["Task:" in tok.decode(batch.input_ids[r]) for r in range(len(batch))])
+        want = torch.where(instructed[rows] & torch.tensor(post), ids, (ids + 1) % vocab)
+        return torch.nn.functional.one_hot(want, vocab).float() * 10
+
+
+def test_same_edit_scored_on_plain_and_instructed_probes(tiny_editor, records):
+    tagged = runner.retag([r for r in records if r.sentiment is None], "seen")
+    rows = score(tagged, tiny_editor.tokenizer, _LeansOnInstruction(tiny_editor), 512,  # templates uncut
+                 EvalOptions(generation=False))
+    for r in rows:
+        assert r["reliability"] == 0.0 and r["reliability_instructed"] == 1.0
+        assert r["generalization"] == 0.0 and r["generalization_instructed"] == 1.0
+        assert r["portability"] == 0.0 and r["portability_instructed"] == 1.0
+        assert r["locality"] == 1.0  # locality probes are never instructed, so pre == post here
+    untagged = score([r for r in records if r.sentiment is None], tiny_editor.tokenizer,
+                     _LeansOnInstruction(tiny_editor), ML, EvalOptions(generation=False))
+    assert not any(k.endswith("_instructed") for r in untagged for k in r)  # no instruction, no column
 
 
 def test_resume_after_interruption_equals_uninterrupted(tiny_editor, records, tmp_path):
@@ -92,22 +172,24 @@ def test_hold_out_zsre_in_both_formats(tiny_editor, tmp_path, shared_data):
 
 
 def test_convsent_es_dd(tiny_editor):
+    from instructedit.data.batches import probe_batch
+    from instructedit.editor import losses
+
     recs = make_convsent(4, 5)
     pre = evaluate_batch(tiny_editor, recs, no_edits, ML)
     for row, r in zip(pre, recs):
         assert row["dd"] == 0.0  # no edit: KL(pre || post) is zero
-        from instructedit.data.batches import probe_batch
-        from instructedit.editor import losses
-
         sb = probe_batch([r], tiny_editor.tokenizer, "sentiment", ML)
+        assert r.target_new not in [m_text for m_text in (tiny_editor.tokenizer.decode(sb.answer_ids[i][sb.answer_mask[i]])
+                                                          for i in range(len(sb)))]
         with torch.no_grad():
-            lp = tiny_editor.model(input_ids=sb.input_ids, attention_mask=sb.attention_mask).logits
-        lp = losses.per_row_mean(losses.token_logprobs(lp[sb.answer_mask], sb.answer_ids[sb.answer_mask]),
-                                 losses.answer_rows(sb.answer_mask), len(sb))
-        good = torch.tensor([m["good"] for m in sb.meta])
-        assert row["es"] == float(lp[good].mean() > lp[~good].mean())
+            lg = tiny_editor.model(input_ids=sb.input_ids, attention_mask=sb.attention_mask).logits
+        lp = losses.token_logprobs(lg[sb.answer_mask], sb.answer_ids[sb.answer_mask])
+        good = torch.tensor([m["good"] for m in sb.meta])[losses.answer_rows(sb.answer_mask)]
+        # no edit: z_topic = 1 and ES = sigmoid(mean logp good - mean logp bad)
+        assert row["es"] == pytest.approx(float(torch.sigmoid(lp[good].mean() - lp[~good].mean())), abs=1e-5)
     post = evaluate_batch(tiny_editor, recs, mend_edits(tiny_editor), ML)
-    assert all(r["dd"] > 0 for r in post) and all(r["es"] in (0.0, 1.0) for r in post)
+    assert all(r["dd"] > 0 for r in post) and all(0.0 <= r["es"] <= 1.0 for r in post)
 
 
 def test_unseen_instructions_never_in_training_pool():
