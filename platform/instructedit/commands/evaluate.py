@@ -26,8 +26,15 @@ def add_arguments(p) -> None:
                    help="tasks (space or comma separated; default: the editor's tasks + hold-out, or all)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--instructions", default=None, metavar="SETTING",
-                   help="none | seen | unseen | id:<instruction id> (default: the editor's training setting; "
-                   "none for baselines)")
+                   help="seen | unseen | id:<instruction id> | none: the instruction of the *_instructed probe "
+                   "columns, for every method alike, and the edit input of instruction-trained editors "
+                   "(default: the editor's training setting, else seen)")
+    p.add_argument("--no-instructed", action="store_true",
+                   help="skip the *_instructed probe columns (headline metrics are always on plain probes)")
+    p.add_argument("--no-generation", action="store_true",
+                   help="skip the generation-based metrics (reliability_gen, generalization_gen, locality_gen)")
+    p.add_argument("--gen-tokens", type=int, default=0, metavar="N",
+                   help="new tokens per greedy continuation (0 = the batch's longest answer + 2)")
     p.add_argument("--out", default=None, help="output folder (default: evals/<what>/<split>-<setting>)")
     p.add_argument("--max-records", type=int, default=None, help="at most N records per task")
     p.add_argument("--batch-size", type=int, default=16, help="independent edits per batch")
@@ -102,7 +109,9 @@ def run(args) -> int:
         tags = runner.method_tags("editor", info.get("mode", ""))
         tags["tasks"] = info.get("tasks", "")
         default_tasks = [t for t in info.get("tasks", "").split(",") if t] + ["zsre"]
-        setting = args.instructions or info.get("instruction_setting") or "none"
+        trained_with = info.get("instruction_setting") or "none"
+        instructed_edit = trained_with != "none"  # edit from the instructed input only if trained on it
+        setting = args.instructions or (trained_with if instructed_edit else "seen")
         name = args.run or Path(args.editor).resolve().parent.name
     else:
         target = runner.EvalTarget(args.baseline, model=args.model, device=device,
@@ -110,7 +119,8 @@ def run(args) -> int:
                                         "norm_bound": args.ftl_norm_bound} if args.baseline == "ft-l" else {})
         tags = {**runner.method_tags(args.baseline), "tasks": ""}
         default_tasks = list(DEFAULT_TASKS)
-        setting = args.instructions or "none"
+        instructed_edit = False  # baselines edit from the plain prompt
+        setting = args.instructions or "seen"
         name = f"{args.baseline}-{args.model}"
     tasks = list(dict.fromkeys(_tasks(args.tasks) if args.tasks else default_tasks))
     tags["instruction_setting"] = setting
@@ -128,19 +138,24 @@ def run(args) -> int:
     if args.sequential:
         return _sequential(args, target, records, setting, out, tags, editor_run, info, say)
 
+    from ..evaluate.core import EvalOptions
+
+    options = EvalOptions(instructed_edit=instructed_edit, instructed_probes=not args.no_instructed,
+                          generation=not args.no_generation, gen_tokens=args.gen_tokens)
     result = runner.run_evaluation(records, out, target=target, setting=setting, split=args.split,
                                    batch_size=args.batch_size, max_length=args.max_length,
-                                   workers=args.workers, seed=args.seed, progress=not args.quiet)
-    _print_summary(result.metrics, args.split)
-    rid = _log(args, result, tags, editor_run, info, setting)
+                                   workers=args.workers, seed=args.seed, progress=not args.quiet,
+                                   options=options)
+    _print_summary(result.summary, args.split)
+    rid = _log(args, result, tags, editor_run, info, setting, instructed_edit)
     (out / "run.json").write_text(json.dumps({"run_id": rid or "", "tags": tags}, indent=1))
-    print(f"cases:   {result.cases_path}\nsummary: {result.summary_path}")
+    print(f"cases:   {result.cases_path}\nsummary: {result.summary_json_path}")
     if args.compare_table:
         _compare(args)
     return 0
 
 
-def _log(args, result, tags, editor_run, info, setting) -> str | None:
+def _log(args, result, tags, editor_run, info, setting, instructed_edit: bool) -> str | None:
     if args.no_log:
         return None
     from ..evaluate import runner
@@ -157,6 +172,8 @@ def _log(args, result, tags, editor_run, info, setting) -> str | None:
     rid = runner.log_results(result, args.split, experiment=experiment, tags={**tags, **extra},
                              params={"eval.split": args.split, "eval.batch_size": args.batch_size,
                                      "eval.max_records": args.max_records, "eval.max_length": args.max_length,
+                                     "eval.instructed_edit": instructed_edit, "eval.generation": not args.no_generation,
+                                     "eval.gen_tokens": args.gen_tokens,
                                      "eval.checkpoint": args.editor or "", "eval.tasks": ",".join(
                                          sorted(result.cases["task"].unique()) if len(result.cases) else []),
                                      **({"ftl.steps": args.ftl_steps, "ftl.lr": args.ftl_lr,
@@ -167,12 +184,17 @@ def _log(args, result, tags, editor_run, info, setting) -> str | None:
     return rid
 
 
-def _print_summary(metrics: dict[str, float], split: str) -> None:
-    tasks = sorted({k.split("/")[1] for k in metrics})
-    tasks = [t for t in tasks if t != "avg"] + (["avg"] if "avg" in tasks else [])
-    for t in tasks:
-        vals = {k.split("/", 2)[2]: v for k, v in metrics.items() if k.split("/")[1] == t}
-        print(f"{split}/{t}: " + "  ".join(f"{m}={v * (1 if m == 'dd' else 100):.2f}" for m, v in sorted(vals.items())))
+def _print_summary(summary: dict, split: str) -> None:
+    """One line per task: plain (headline) metrics first, then instructed, each `mean [ci] n`."""
+    from ..evaluate.metrics import METRICS, order
+
+    for task in [t for t in summary if t != "avg"] + (["avg"] if "avg" in summary else []):
+        cells = []
+        for m in order(summary[task]):
+            e = summary[task][m]
+            k = METRICS[m].scale if m in METRICS else 1.0
+            cells.append(f"{m}={e['mean'] * k:.1f} [{e['ci_low'] * k:.1f}, {e['ci_high'] * k:.1f}] n={e['n']}")
+        print(f"{split}/{task}: " + "  ".join(cells))
 
 
 def _sequential(args, target, records, setting, out, tags, editor_run, info, say) -> int:

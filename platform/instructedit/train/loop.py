@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import RunConfig, run_model_config, to_dict
 from ..editor.editor import MendEditor
-from ..evaluate.core import evaluate_batch, mend_edits
+from ..evaluate.core import EvalOptions, evaluate_batch, mend_edits
 from ..evaluate.metrics import task_means
 from ..models import LoadedModel, build_model
 from .checkpoint import EDITOR_FILE, save_step, step_dir_name, write_best
@@ -75,8 +75,12 @@ def validate(editor: MendEditor, records, batch_size: int, max_length: int) -> t
     editor.eval()
     rows: list[dict] = []
     make = mend_edits(editor)
+    # Selection reads the headline (plain-probe) metrics; the edit input is the record's own
+    # (instructed when the run tags records). Instructed probes and generation are left to the
+    # final evaluation: validation runs every val_every steps and must stay cheap.
+    options = EvalOptions(instructed_edit=True, instructed_probes=False, generation=False)
     for i in range(0, len(mine), batch_size):
-        rows += evaluate_batch(editor, mine[i : i + batch_size], make, max_length)
+        rows += evaluate_batch(editor, mine[i : i + batch_size], make, max_length, options)
     editor.train(was_training)
     if world > 1:
         gathered: list = [None] * world
@@ -101,6 +105,22 @@ def summarize(rows: list[dict], prefix: str) -> dict[str, float]:
         out[f"{prefix}/score"] = out[f"{prefix}/edit_success"] if loc is None else \
             0.5 * (out[f"{prefix}/edit_success"] + loc)
     return out
+
+
+# The headline metrics of a validation line, plain probes first, then their instructed variants;
+# the rest (per task, generation-based, portability kinds) is in MLflow.
+VAL_LINE_METRICS = ("reliability", "generalization", "locality", "portability", "es", "dd")
+
+
+def val_line(step: int, val: dict[str, float], selection: str, improved: bool) -> str:
+    """`[val] step N val/score=... reliability=... ... | instructed: reliability=...` on one line."""
+    plain = [f"{m}={val[f'val/{m}']:.3f}" for m in VAL_LINE_METRICS if f"val/{m}" in val]
+    instructed = [f"{m}={val[f'val/{m}_instructed']:.3f}" for m in VAL_LINE_METRICS
+                  if f"val/{m}_instructed" in val]
+    head = f"{selection}={val[selection]:.3f}" if selection in val else ""
+    return (f"[val] step {step} {head} " + " ".join(plain)
+            + (" | instructed: " + " ".join(instructed) if instructed else "")
+            + (" *best*" if improved else "")).replace("  ", " ")
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -236,8 +256,7 @@ def train_editor(
             else:
                 bad_vals += 1
             history.append({"step": step, **val})
-            say(f"[val] step {step} " + " ".join(f"{k}={v:.3f}" for k, v in sorted(val.items())
-                                                  if k.count("/") == 1) + (" *best*" if improved else ""))
+            say(val_line(step, val, tc.early_stop_metric, improved))
             ckpt_dir = None
             if out is not None and rank == 0:
                 ckpt_dir = save_step(out, step, editor, {"editor": editor.state_dict(),
@@ -257,8 +276,9 @@ def train_editor(
                 break
     best_ckpt = out / step_dir_name(best_step) / EDITOR_FILE if out is not None and best_step else None
     best_ckpt = best_ckpt if best_ckpt is not None and best_ckpt.exists() else None
-    say(f"[train] done: {stopped} at step {step}; best {tc.early_stop_metric}={best:.4f} at step {best_step}"
-        + (f"; checkpoint {best_ckpt}" if best_ckpt else ""))
+    # No checkpoint path here: on Ray workers `out` is a temporary folder; the caller knows where the
+    # kept checkpoints are.
+    say(f"[train] done: {stopped} at step {step}; best {tc.early_stop_metric}={best:.4f} at step {best_step}")
     return TrainResult(best_metrics, best_step, step, best_ckpt, stopped, history)
 
 
