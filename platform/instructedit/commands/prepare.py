@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. data.split_fractions=[0.8,0.1,0.1] (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress output or summary table")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and MLflow's own output here (default: they go to a log file named at the start)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     overrides.update(user)
     cfg = load_run_config(args.config) if args.config else load_run_config(None)
     cfg = apply_overrides(cfg, overrides)
+    from ..ray_session import setup_logging
+
+    setup_logging("prepare", verbose=args.verbose)
     try:
         manifest = prepare(cfg, args.out, on_error=on_error, progress=not args.quiet, tasks=args.tasks,
                            data_dir=args.data_dir)

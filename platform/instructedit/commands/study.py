@@ -32,6 +32,8 @@ def add_arguments(p) -> None:
     p.add_argument("--list", action="store_true", help="list the shipped studies and exit")
     p.add_argument("--show", action="store_true", help="print the resolved study and its base config, then exit")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and MLflow's own output here (default: they go to a log file named at the start)")
 
 
 def _split_overrides(items: list[str]) -> tuple[dict, dict]:
@@ -82,7 +84,10 @@ def run(args) -> int:
         print(f"instructedit study: {e}", file=sys.stderr)
         return 2
 
+    from ..ray_session import setup_logging
     from ..studies.runner import run_study
+
+    setup_logging("study", args.storage, verbose=args.verbose)
 
     try:
         out = run_study(spec, extra_overrides=run_ov, storage=args.storage, tracking_uri=args.tracking_uri,

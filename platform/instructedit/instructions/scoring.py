@@ -18,7 +18,6 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..config import RunConfig, from_dict, to_dict
 
@@ -99,9 +98,9 @@ class TrialEditorScorer:
 
     def __call__(self, task: str, instruction: str) -> float:
         # Imported here: the trainer is heavy, and a Ray worker imports it only when it trains.
+        from ..data.instruction_sets import save_set
         from ..data.pipeline import load_records
         from ..train.loop import train_editor
-        from .sets import save_set
 
         with tempfile.TemporaryDirectory(prefix="instructedit-trial-") as tmp:
             previous = os.environ.get("INSTRUCTEDIT_INSTRUCTION_SETS")
@@ -147,16 +146,9 @@ def _score_one(scorer: Scorer, task: str, text: str) -> ScoreOutcome:
 
 def ensure_ray(num_cpus: int | None = None) -> bool:
     """Start a local Ray unless one is running; True when this call started it (then shut it down)."""
-    import ray
+    from ..ray_session import init_ray
 
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"address": "local", "include_dashboard": False, "log_to_driver": False,
-                              "configure_logging": False}
-    if num_cpus:
-        kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
-    return True
+    return init_ray(num_cpus=num_cpus, log_to_driver=False)
 
 
 def score_all(scorer: Scorer, task: str, texts: list[str], *, executor: str = "ray",

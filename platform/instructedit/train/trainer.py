@@ -36,25 +36,15 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 import torch
 
+from .. import ray_session
 from ..config import RunConfig, from_dict, to_dict
 from ..data.record import records_to_table, table_to_records
 from .checkpoint import EDITOR_FILE, load_resume_state, step_dir_name, step_of
 from .loop import LoopHooks, train_editor
 
-
 # ------------------------------------------------------------------------------------- driver
-def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> None:
-    """Join `address` (or $RAY_ADDRESS, e.g. inside a submitted job), else start a local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=log_to_driver)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
-                 configure_logging=False)
+# Ray is started in one place for every command (quiet by default); kept importable from here.
+init_ray = ray_session.init_ray
 
 
 def resolve_use_gpu(setting: str) -> bool:
