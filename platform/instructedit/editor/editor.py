@@ -21,6 +21,7 @@ from ..config import EditorConfig, ModelConfig, from_dict, to_dict
 from ..data.batches import TokenBatch
 from ..models import LoadedModel, edited_layer_indices, edited_module_names, get_module, weight_fingerprint
 from . import losses
+from .checkpoint import load_editor_checkpoint
 from .hooks import LowRankEdit, capture, is_transposed, patched, weight_shape
 from .split import SplitModel
 from .transform import GradientTransform
@@ -178,15 +179,8 @@ class MendEditor(nn.Module):
 
 
 def load_checkpoint_file(path: str | Path) -> dict:
-    p = Path(path)
-    if p.is_dir():
-        p = p / "editor.pt"
-    if not p.exists():
-        raise FileNotFoundError(f"editor checkpoint not found: {p}")
-    ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "instructedit-editor/1":
-        raise ValueError(f"{p} is not an instructedit editor checkpoint")
-    return ckpt
+    """An editor.pt (or its folder), loaded safely and checked: see checkpoint.py."""
+    return load_editor_checkpoint(path)
 
 
 # ---------------------------------------------------------------------------------- dense apply

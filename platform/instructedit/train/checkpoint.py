@@ -1,52 +1,47 @@
-"""Editor-only checkpoints as Ray Train persists them.
+"""What training writes at each validation (the layout itself is editor/checkpoint.py's).
 
-One validation = one checkpoint directory `step-XXXXXX/` with
-  editor.pt  the editor's own weights + configs + base-model fingerprint (MendEditor.save; never
-             the base model) - what `evaluate`, `edit` and MLflow's `checkpoint/` artifact use;
-  state.pt   editor + Adam state + step counter + early-stopping state - what a restarted worker
-             resumes from (train_editor(resume=...)).
+One validation = one folder `step-XXXXXX/` with editor.pt (the editor alone, with the step, its val
+metrics and the run config) and state.pt (editor + Adam + early-stopping state, what a restarted
+worker resumes from); a new best also rewrites the run folder's best.json pointer.
 """
 
 from __future__ import annotations
 
-import re
+import os
 from pathlib import Path
 
 import torch
 
-EDITOR_FILE = "editor.pt"
-STATE_FILE = "state.pt"
-_STEP_DIR = re.compile(r"step-(\d+)$")
+from ..editor.checkpoint import (
+    BEST_FILE,
+    EDITOR_FILE,
+    STATE_FILE,
+    list_step_checkpoints,
+    load_resume_state,
+    step_dir_name,
+    step_of,
+    write_best,
+)
+
+__all__ = ["BEST_FILE", "EDITOR_FILE", "STATE_FILE", "list_step_checkpoints", "load_resume_state", "plain_metrics",
+           "save_step", "step_dir_name", "step_of", "write_best"]
 
 
-def step_dir_name(step: int) -> str:
-    return f"step-{step:06d}"
+def plain_metrics(val: dict) -> dict[str, float]:
+    """Metric values as Python floats: numpy scalars would need extra globals to load safely."""
+    return {str(k): float(v) for k, v in val.items()}
 
 
-def step_of(path: str | Path) -> int | None:
-    m = _STEP_DIR.search(str(path).rstrip("/"))
-    return int(m.group(1)) if m else None
-
-
-def load_resume_state(ckpt_dir: str | Path) -> dict:
-    """state.pt of a checkpoint directory -> the `resume` dict of train_editor."""
-    p = Path(ckpt_dir) / STATE_FILE
-    if not p.exists():
-        raise FileNotFoundError(f"{p} not found: not a training checkpoint (editor.pt alone cannot resume)")
-    return torch.load(p, map_location="cpu", weights_only=False)
-
-
-def editor_file(ckpt_dir: str | Path) -> Path:
-    p = Path(ckpt_dir) / EDITOR_FILE
-    if not p.exists():
-        raise FileNotFoundError(f"{p} not found")
-    return p
-
-
-def list_step_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The step-XXXXXX checkpoint directories Ray Train kept under a run's storage folder, by step."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    dirs = [d for d in run_dir.iterdir() if d.is_dir() and step_of(d) is not None and (d / EDITOR_FILE).exists()]
-    return sorted(dirs, key=lambda d: step_of(d))
+def save_step(out_dir: str | os.PathLike, step: int, editor, state: dict, val: dict, run_config: dict) -> Path:
+    """step-XXXXXX/{editor.pt, state.pt} under out_dir; each file is written whole then renamed."""
+    d = Path(out_dir) / step_dir_name(step)
+    editor.save(d / EDITOR_FILE, extra={"step": step, "val": plain_metrics(val), "run_config": run_config})
+    state = {**state, "step": step}
+    if "best" in state:
+        state["best"] = float(state["best"])
+    if "best_metrics" in state:
+        state["best_metrics"] = plain_metrics(state["best_metrics"])
+    tmp = d / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(d / STATE_FILE)
+    return d

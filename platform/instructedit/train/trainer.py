@@ -39,7 +39,7 @@ import torch
 from .. import ray_session
 from ..config import RunConfig, from_dict, to_dict
 from ..data.record import records_to_table, table_to_records
-from .checkpoint import EDITOR_FILE, load_resume_state, step_dir_name, step_of
+from .checkpoint import EDITOR_FILE, load_resume_state, step_dir_name, step_of, write_best
 from .loop import LoopHooks, train_editor
 
 # ------------------------------------------------------------------------------------- driver
@@ -167,6 +167,7 @@ def train_on_ray(
             "tracking_uri": tracking_uri,
             "worker_hooks": worker_hooks,
             "verbose": verbose,
+            "run_dir": str(root / name),  # where rank 0 keeps best.json beside Ray's step folders
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=use_gpu),
@@ -281,6 +282,9 @@ def _train_worker(config: dict) -> dict:
         # Wait until the controller has registered it: a worker lost right after a validation must
         # still resume from this checkpoint (costs up to one controller poll, ~2 s, per validation).
         ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+        if ckpt_dir and improved and config.get("run_dir"):
+            # Only now is step-XXXXXX in storage: the pointer never names a checkpoint still in flight.
+            write_best(config["run_dir"], step, cfg.train.early_stop_metric, metrics[cfg.train.early_stop_metric])
 
     out_dir = Path(tempfile.mkdtemp(prefix="instructedit-worker-"))
     try:
