@@ -4,6 +4,12 @@ The driver owns the MLflow run: flattened config as params, the tags of docs/con
 artifacts config.yaml, manifest.json, checkpoint/ (best editor) and val_table.csv. Rank 0 of the
 workers logs the training losses, system metrics and val metrics into the same run by id while it
 trains. Any exception (a failed Ray run included) ends the run FAILED (tracking.run).
+
+Training reads the train and val splits of `data.tasks` only (`training_records`); a hold-out task
+(data.hold_out, or a task YAML with hold_out: true) is refused. Seeds: `seed_configs` gives one
+config per training seed (`train.seed` and the name `<name>-s<seed>`); `data.seed` stays, so every
+run of a seed group shares its splits, instruction tags and test records. Each run carries the
+param and tag `seed`; runs of one `instructedit train --seeds` call share the tag `seed_group`.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import sys
 import tempfile
 import time
@@ -20,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from .. import tracking
-from ..config import RunConfig, flatten, to_dict
+from ..config import ConfigError, RunConfig, apply_overrides, flatten, load_task, to_dict
 from .checkpoint import EDITOR_FILE
 from .trainer import RayTrainResult, WorkerHooks, init_ray, storage_root, train_on_ray
 
@@ -66,11 +73,44 @@ def dataset_manifest(cfg: RunConfig, train: list, val: list) -> tuple[str, str]:
 
 def run_tags(cfg: RunConfig, dataset_hash: str) -> dict[str, str]:
     return {"kind": "train", "mode": cfg.mode, "method": METHODS[cfg.mode], "tasks": ",".join(cfg.data.tasks),
-            "dataset_hash": dataset_hash, "instruction_setting": cfg.data.instruction_setting}
+            "dataset_hash": dataset_hash, "instruction_setting": cfg.data.instruction_setting,
+            "seed": str(cfg.train.seed)}
+
+
+def seed_name(name: str, seed: int) -> str:
+    return f"{name}-s{seed}"
+
+
+def seed_configs(cfg: RunConfig, seeds: list[int] | tuple[int, ...]) -> list[RunConfig]:
+    """One config per training seed: train.seed and the run name change, nothing else (data.seed
+    stays, so the splits, instruction tags, val subset and test records are shared)."""
+    if not seeds:
+        raise ConfigError("seeds: give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: {list(seeds)} repeats a seed")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ConfigError(f"seeds: {s!r} is not a non-negative integer")
+    return [apply_overrides(cfg, {"train.seed": s, "name": seed_name(cfg.name, s)}) for s in seeds]
+
+
+def training_records(cfg: RunConfig) -> tuple[list, list]:
+    """(train, val) records of the run's training tasks (data.tasks) only: a hold-out task's records
+    never reach training or checkpoint selection."""
+    from ..data.pipeline import load_records
+
+    for t in cfg.data.tasks:
+        if t in cfg.data.hold_out or load_task(t).hold_out:
+            raise ConfigError(f"data.tasks: {t!r} is a hold-out task (configs/tasks/{t}.yaml hold_out: true or "
+                              f"data.hold_out); it is never trained on")
+    tasks = list(cfg.data.tasks)
+    return load_records(cfg, "train", tasks=tasks), load_records(cfg, "val", tasks=tasks)
 
 
 def _latest_run_name(root: Path, prefix: str) -> str | None:
-    runs = [d for d in root.glob(f"{prefix}-*") if (d / RUN_INFO).exists()]
+    # Only `<prefix>-<timestamp>`: the runs of `<prefix>-s0` (a seed) or `<prefix>-fast` are other configs.
+    stamp = re.compile(re.escape(prefix) + r"-\d{8}-\d{6}-\d{3}")
+    runs = [d for d in root.glob(f"{prefix}-*") if stamp.fullmatch(d.name) and (d / RUN_INFO).exists()]
     return max(runs, key=lambda d: d.stat().st_mtime).name if runs else None
 
 
@@ -115,8 +155,6 @@ def train_run(
 ) -> TrainOutcome:
     """Train one editor on Ray Train and track it in MLflow. `resume`: True = the latest run of this
     config name under the storage path, or a run name; it continues that Ray run and MLflow run."""
-    from ..data.pipeline import load_records
-
     t0 = time.time()
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if verbose else (lambda *a: None)
     uri = tracking.resolve_tracking_uri(tracking_uri or cfg.tracking_uri or None)
@@ -131,12 +169,12 @@ def train_run(
     else:
         name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{int(t0 * 1000) % 1000:03d}"
 
-    train = load_records(cfg, "train", tasks=list(cfg.data.tasks))
-    val = load_records(cfg, "val", tasks=list(cfg.data.tasks))
+    train, val = training_records(cfg)
     manifest_text, dataset_hash = dataset_manifest(cfg, train, val)
     tags = {**run_tags(cfg, dataset_hash), "ray_run": name, **(extra_tags or {})}
 
-    with tracking.run(cfg.experiment, name, params=None if prior_run_id else flatten(to_dict(cfg)), tags=tags,
+    params = None if prior_run_id else {**flatten(to_dict(cfg)), "seed": cfg.train.seed}
+    with tracking.run(cfg.experiment, name, params=params, tags=tags,
                       tracking_uri=uri, run_id=prior_run_id, parent_run_id=parent_run_id) as run_id:
         (root / name).mkdir(parents=True, exist_ok=True)
         (root / name / RUN_INFO).write_text(json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri,
