@@ -6,7 +6,9 @@
 corpus); both give identical records.
 
 Splits come from a stable hash of the case id (not of the seed: every seed sees the same test set);
-a source file with role train/val/test feeds that split whole. Records without a locality probe
+a source file with role train/val/test feeds that split. A val or test record whose prompt (case and
+spacing aside) is also the prompt of a train record of its task joins train, so no evaluated prompt
+was trained on (the shared corpora hold a few such pairs). Records without a locality probe
 borrow one from another record of the same task and split (kind `borrowed`). A task with
 `balance_to: N` has its train split down-sampled (seeded) to N records; val and test stay whole, and
 a train split smaller than N is kept as it is. Nothing is dropped silently: rejected and dropped
@@ -98,11 +100,22 @@ def cap(records: list[EditRecord], n: int | None) -> tuple[list[EditRecord], lis
     return [r for i, r in enumerate(records) if i in keep], [r for i, r in enumerate(records) if i not in keep]
 
 
+def prompt_key(prompt: str) -> str:
+    return " ".join(prompt.lower().split())
+
+
+def join_train_prompts(records: list[EditRecord]) -> list[EditRecord]:
+    """Val/test records whose prompt is also a train record's prompt (same task) move to train."""
+    train = {prompt_key(r.prompt) for r in records if r.split == "train"}
+    return [replace(r, split="train") if r.split != "train" and prompt_key(r.prompt) in train else r
+            for r in records]
+
+
 def finish_task(records: list[EditRecord], task_cfg: TaskConfig, data: DataConfig
                 ) -> tuple[dict[str, list[EditRecord]], list[dict[str, Any]]]:
     """Records of one task (already tagged and split, in source order) -> ({split: records}, dropped)."""
     by_split: dict[str, list[EditRecord]] = {s: [] for s in SPLITS}
-    for r in records:
+    for r in join_train_prompts(records):
         by_split[r.split].append(r)
     dropped: list[dict[str, Any]] = []
     for split in SPLITS:
