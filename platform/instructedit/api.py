@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, Instruction, TaskConfig, load_task
+from .config import ConfigError, TaskConfig, load_task
 from .data.batches import edit_batch, encode_pairs
-from .data.instructions import apply_template, choose_instruction, fill_slots
+from .data.instructions import request_instruction, with_instruction
 from .data.record import EditRecord, Sentiment
 from .editor.editor import (
     AppliedEdits,
@@ -349,16 +349,6 @@ class BoundEditor:
                 "fingerprint": self.fingerprint}
 
     # ------------------------------------------------------------------------- instructions
-    def _pool(self, task: TaskConfig) -> tuple[tuple[Instruction, ...], str]:
-        if not self.instruction_set:
-            return task.instructions, ""
-        from .instructions.sets import resolve_pool
-
-        try:
-            return resolve_pool(task, self.instruction_set), ""
-        except (ConfigError, OSError) as e:
-            return task.instructions, f"instruction set {self.instruction_set!r} unavailable ({e}); used the task pool"
-
     def resolve(self, req: EditRequest, index: int | None = None) -> tuple[EditRecord, str]:
         """The request as an EditRecord with its instruction and edit input; plus a note."""
         req.validate(index)
@@ -376,37 +366,21 @@ class BoundEditor:
         if req.instruction:
             ins_id, raw = "explicit", req.instruction
         elif task_cfg is not None:
-            if self.instruction_setting == "none":
-                note = "editor trained without instructions: the task adds none"
-            else:
-                pool, note = self._pool(task_cfg)
-                ins = self._choose(task_cfg, pool, req)
+            try:
+                ins, note = request_instruction(task_cfg, self.instruction_setting, req.key, self.instruction_set,
+                                                self.instruction_seed)
+            except ConfigError as e:
+                raise RequestError(str(e)) from None
+            if ins is not None:
                 ins_id, raw = ins.id, ins.text
         missing = [name for slot, name, value in (("[LABEL]", "label", req.label), ("[TOPIC]", "subject", req.subject))
                    if slot in raw and not value]
         if missing:
             raise RequestError(f"{w}: instruction {ins_id!r} of task {req.task or '-'} has slots to fill: give "
                                f"{' and '.join(missing)} (ConvSent: label = positive|negative, subject = the topic)")
-        text = fill_slots(raw, record)
-        if text:
-            tmpl_task = task_cfg or TaskConfig(name="edit", description="", sources=(), instructions=(),
-                                               display_name=GENERIC_TASK)
-            edit_input = apply_template(tmpl_task, text, req.prompt)
-        else:
-            edit_input = req.prompt
-        record = dataclasses.replace(record, instruction_id=ins_id, instruction=text, edit_input=edit_input)
-        return record, note
-
-    def _choose(self, task: TaskConfig, pool: tuple[Instruction, ...], req: EditRequest) -> Instruction:
-        setting = self.instruction_setting
-        if setting.startswith("id:") and any(i.id == setting[3:] for i in pool):
-            return choose_instruction(task, setting, 0, req.key, pool)
-        seen = [i for i in pool if not i.unseen]
-        if not seen:
-            raise RequestError(f"task {task.name!r} has no seen instructions")
-        if self.instruction_seed is None:
-            return seen[0]
-        return choose_instruction(task, "seen", self.instruction_seed, req.key, pool)
+        tmpl_task = task_cfg or TaskConfig(name="edit", description="", sources=(), instructions=(),
+                                           display_name=GENERIC_TASK)
+        return with_instruction(record, tmpl_task, ins_id, raw), note
 
     # ------------------------------------------------------------------------- measuring
     @torch.no_grad()

@@ -8,7 +8,7 @@ import pytest
 from instructedit import tracking
 from instructedit.cli import main
 from instructedit.config import load_run_config
-from instructedit.instructions.sets import load_set
+from instructedit.data.instruction_sets import load_set
 
 
 @pytest.mark.slow

@@ -200,10 +200,11 @@ def _print_summary(summary: dict, split: str) -> None:
 def _sequential(args, target, records, setting, out, tags, editor_run, info, say) -> int:
     import csv
 
+    from ..data.instructions import retag
     from ..evaluate import runner
     from ..evaluate.sequential import evaluate_sequential, sequential_metrics
 
-    records = runner.retag(records, setting, args.seed)[: args.sequential]
+    records = retag(records, setting, args.seed)[: args.sequential]
     editor, make = runner.build(target)
     rows = evaluate_sequential(editor, records, make, None, args.max_length, progress=not args.quiet)
     out.mkdir(parents=True, exist_ok=True)

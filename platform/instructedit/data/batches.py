@@ -97,10 +97,9 @@ def instructed(record, prompt: str) -> str:
     """A probe prompt with the record's instruction (rephrase/portability); plain if it has none."""
     if not record.instruction:
         return prompt
-    from ..config import load_task
-    from .instructions import apply_template
+    from .instructions import apply_template, task_config
 
-    return apply_template(load_task(record.task), record.instruction, prompt)
+    return apply_template(task_config(record.task), record.instruction, prompt)
 
 
 def edit_batch(records, tokenizer, max_length: int = 128, instructed: bool = True) -> TokenBatch:

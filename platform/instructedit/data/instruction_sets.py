@@ -1,5 +1,8 @@
 """Named, versioned instruction sets (written by the optimiser; selected with data.instruction_set).
 
+Here in data/ rather than instructions/: every consumer of a pool (preparation, evaluation, the
+edit API) sits at or above data/, while the optimiser that writes sets sits above it.
+
 A set is a YAML file `<INSTRUCTEDIT_INSTRUCTION_SETS or ./instruction_sets>/<name>.yaml`:
 {name, version, created, source, tasks: {task: [{id, text, unseen, score}]}}. Tasks a set does
 not cover keep the pool of their task YAML.

@@ -27,9 +27,9 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from ..config import ConfigError, DataConfig, RunConfig, TaskConfig, load_task
-from ..instructions.sets import resolve_pool
 from .corpora import resolve_data_dir
-from .instructions import check_setting, tag
+from .instruction_sets import resolve_pool
+from .instructions import check_setting, retag, tag
 from .readers import DataError, other_topic_locality, read_source, stable_int, stable_unit
 from .record import ARROW_SCHEMA, EditRecord, table_to_records
 
@@ -174,22 +174,21 @@ def load_records(cfg: RunConfig, split: str, tasks: list[str] | None = None) -> 
     if cfg.data.prepared_dir:
         root = Path(cfg.data.prepared_dir)
         manifest = _read_manifest(root)
-        retag = any(manifest.get(k) != v for k, v in (
+        other_tags = any(manifest.get(k) != v for k, v in (
             ("instruction_setting", cfg.data.instruction_setting), ("seed", cfg.data.seed),
             ("instruction_set", cfg.data.instruction_set)))
         if tuple(manifest.get("split_fractions", cfg.data.split_fractions)) != tuple(cfg.data.split_fractions):
             warnings.warn(f"{root} was prepared with split_fractions {manifest.get('split_fractions')}, "
                           f"the run asks for {list(cfg.data.split_fractions)}: using the prepared splits")
         for name in names:
-            task_cfg = load_task(name)
+            load_task(name)  # an unknown task fails here, naming the known ones
             path = root / name / f"{split}.parquet"
             if not path.exists():
                 raise ConfigError(f"{path} not found: prepare it with `instructedit prepare --tasks {name} "
                                   f"--out {root}` or drop data.prepared_dir")
             recs = table_to_records(pq.read_table(path, schema=ARROW_SCHEMA))
-            if retag:
-                pool = resolve_pool(task_cfg, cfg.data.instruction_set)
-                recs = [tag(r, task_cfg, cfg.data.instruction_setting, cfg.data.seed, pool) for r in recs]
+            if other_tags:
+                recs = retag(recs, cfg.data.instruction_setting, cfg.data.seed, cfg.data.instruction_set)
             recs, _ = cap(recs, cfg.data.max_records)
             out += recs
         return out

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import ConfigError, DataConfig, RunConfig, TaskConfig, load_task
-from ..instructions.sets import resolve_pool
 from .corpora import HOW_TO_GET_DATA, CorpusNotFoundError, resolve_data_dir, sha256_file
+from .instruction_sets import resolve_pool
 from .instructions import check_setting, tag
 from .pipeline import SPLITS, finish_task, run_tasks, tag_and_split, task_configs
 from .readers import DataError, parsed_source

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import load_task
-from ..data.instructions import check_setting, tag
+from ..data.instructions import retag
 from ..data.record import EditRecord
 
 KEY = ("case_id", "task", "instruction_setting")
@@ -113,22 +112,6 @@ def method_tags(kind: str, mode: str = "") -> dict[str, str]:
     key = kind if kind != "editor" else (mode or "instructedit")
     m, name = METHODS.get(key, (key, key))
     return {"mode": m, "method": name}
-
-
-# ------------------------------------------------------------------------------------ records
-def retag(records: list[EditRecord], setting: str, seed: int = 0, instruction_set: str = "") -> list[EditRecord]:
-    """Records with the instruction `setting` applied (none | seen | unseen | id:<id>)."""
-    from ..instructions.sets import resolve_pool
-
-    check_setting(setting)
-    cfgs, pools = {}, {}
-    out = []
-    for r in records:
-        if r.task not in cfgs:
-            cfgs[r.task] = load_task(r.task)
-            pools[r.task] = resolve_pool(cfgs[r.task], instruction_set)
-        out.append(tag(r, cfgs[r.task], setting, seed, pools[r.task]))
-    return out
 
 
 # ------------------------------------------------------------------------------------ storage

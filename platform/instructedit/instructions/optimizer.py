@@ -331,7 +331,7 @@ def save_optimized_set(name: str, task: TaskConfig, chosen: list[Candidate],
     """Write `name` (the latest) and `name.v<version>` (frozen). Other tasks in the set are kept;
     the task's YAML unseen instructions are carried over, still marked unseen."""
     from ..config import ConfigError
-    from .sets import load_set, save_set
+    from ..data.instruction_sets import load_set, save_set
 
     try:
         previous = load_set(name)

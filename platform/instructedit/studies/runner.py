@@ -204,7 +204,7 @@ def study_dir(spec_name: str, storage: str | os.PathLike | None = None) -> Path:
 def _env() -> dict[str, str]:
     """Absolute locations the trial processes need (Tune runs them in their trial directories)."""
     from ..data.corpora import resolve_data_dir
-    from ..instructions.sets import sets_dir
+    from ..data.instruction_sets import sets_dir
 
     env = {"INSTRUCTEDIT_INSTRUCTION_SETS": str(Path(sets_dir()).resolve())}
     try:

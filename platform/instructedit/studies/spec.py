@@ -277,7 +277,7 @@ def _param(key: str, spec: Any, where: str) -> Param:
 
 
 def _instruction_set_missing(overrides: dict[str, Any]) -> str:
-    from ..instructions.sets import set_path
+    from ..data.instruction_sets import set_path
 
     name = overrides.get("data.instruction_set")
     if name and not set_path(str(name)).exists():

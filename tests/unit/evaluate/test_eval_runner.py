@@ -9,6 +9,7 @@ import pytest
 import torch
 from eval_records import make_convsent, make_records
 from instructedit.config import CONFIG_DIR, load_task
+from instructedit.data.instructions import retag
 from instructedit.data.readers import read_source
 from instructedit.evaluate import runner
 from instructedit.evaluate.core import (
@@ -37,7 +38,7 @@ def _same(a: dict, b: dict, abs_tol=1e-4):
 
 def test_batched_equals_one_at_a_time(tiny_editor, records):
     make = mend_edits(tiny_editor)
-    tagged = runner.retag(records, "seen")  # instructed probe variants are scored too
+    tagged = retag(records, "seen")  # instructed probe variants are scored too
     batched = evaluate_batch(tiny_editor, tagged, make, ML)
     assert any(r.get("reliability", 0) > 0 for r in batched) or any(r.get("dd", 0) > 0 for r in batched)
     for got, rec in zip(batched, tagged):
@@ -57,7 +58,7 @@ def _instruction_free(text: str, records) -> bool:
 def test_baseline_probes_and_edit_input_carry_no_instruction(tiny_editor, records):
     """A method trained without instructions edits from the plain prompt, and every headline probe
     of every method is plain: only *_instructed metrics see the instruction."""
-    tagged = runner.retag(records, "seen")
+    tagged = retag(records, "seen")
     tok = tiny_editor.tokenizer
     seen_edit = []
 
@@ -105,7 +106,7 @@ class _LeansOnInstruction(BatchedForward):
 
 
 def test_same_edit_scored_on_plain_and_instructed_probes(tiny_editor, records):
-    tagged = runner.retag([r for r in records if r.sentiment is None], "seen")
+    tagged = retag([r for r in records if r.sentiment is None], "seen")
     rows = score(tagged, tiny_editor.tokenizer, _LeansOnInstruction(tiny_editor), 512,  # templates uncut
                  EvalOptions(generation=False))
     for r in rows:
@@ -205,7 +206,7 @@ def test_unseen_instructions_never_in_training_pool():
         recs = make_records(12, 3, task=task.name)
         train = [tag_and_split(r, task, "train", DataConfig(instruction_setting="seen")) for r in recs]
         assert not {r.instruction_id for r in train} & unseen
-        test = runner.retag(recs, "unseen")
+        test = retag(recs, "unseen")
         assert {r.instruction_id for r in test} <= unseen
         assert all(r.instruction and r.edit_input != r.prompt for r in test)
 

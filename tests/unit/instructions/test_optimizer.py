@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from instructedit import tracking
+from instructedit.data.instruction_sets import load_set, resolve_pool
 from instructedit.instructions.openai_writer import OpenAIWriter
 from instructedit.instructions.optimizer import OptimizeConfig, OptimizeError, optimize
 from instructedit.instructions.scoring import LengthScorer
-from instructedit.instructions.sets import load_set, resolve_pool
 
 
 def plateau_scorer(task: str, text: str) -> float:
