@@ -62,21 +62,64 @@ def no_edits(batch: TokenBatch, hidden: torch.Tensor) -> None:
 class Forward(Protocol):
     def logits(self, batch: TokenBatch, post: bool) -> torch.Tensor: ...
 
+    def logprobs(self, batch: TokenBatch, post: bool) -> torch.Tensor: ...
+
     def generate(self, prompt_ids: list[list[int]], row_edit: list[int], new_tokens: int,
                  post: bool) -> list[list[int]]: ...
 
 
-class BatchedForward:
-    """Edits patched in row by row; a probe batch's lower blocks run once for pre and post."""
+def answer_order(batch: TokenBatch, chunks: list[list[int]]) -> torch.Tensor:
+    """Where each answer position of the concatenated chunk outputs goes in the batch's own
+    (row-major) order of answer positions."""
+    counts = batch.answer_mask.sum(1).tolist()
+    offsets = [0]
+    for c in counts:
+        offsets.append(offsets[-1] + c)
+    return torch.cat([torch.arange(offsets[r], offsets[r] + counts[r]) for rows in chunks for r in rows])
 
-    def __init__(self, editor, edits):
-        self.editor, self.edits = editor, edits
-        self._last: tuple[TokenBatch, torch.Tensor] | None = None  # (batch, its lower hidden states)
+
+class BatchedForward:
+    """Edits patched in row by row. A probe batch runs in chunks of rows of similar length (less
+    padding, bounded memory); each chunk's lower blocks run once for the pre and post passes."""
+
+    def __init__(self, editor, edits, max_tokens: int = 4096):
+        self.editor, self.edits, self.max_tokens = editor, edits, max_tokens
+        self._last: tuple[TokenBatch, list, torch.Tensor] | None = None  # (batch, chunks, order)
+
+    def _chunks(self, batch: TokenBatch):
+        if self._last is None or self._last[0] is not batch:  # pre and post of a batch come together
+            lengths = batch.attention_mask.sum(1).tolist()
+            rows = sorted(range(len(batch)), key=lambda r: lengths[r])
+            groups, cur = [], []
+            for r in rows:  # rows sorted by length: a chunk's width is its last row's length
+                if cur and (len(cur) + 1) * lengths[r] > self.max_tokens:
+                    groups.append(cur)
+                    cur = []
+                cur.append(r)
+            if cur:
+                groups.append(cur)
+            chunks = []
+            for g in groups:
+                sub = batch.select(g)
+                chunks.append((sub, self.editor.lower(sub)))
+            self._last = (batch, chunks, answer_order(batch, groups))
+        return self._last[1], self._last[2]
+
+    def _per_chunk(self, batch: TokenBatch, post: bool, fn) -> torch.Tensor:
+        chunks, order = self._chunks(batch)
+        parts = [fn(sub, self.editor.answer_logits(sub, h, self.edits if post else None)) for sub, h in chunks]
+        flat = torch.cat(parts)
+        out = torch.empty_like(flat)
+        out[order.to(flat.device)] = flat
+        return out
 
     def logits(self, batch: TokenBatch, post: bool) -> torch.Tensor:
-        if self._last is None or self._last[0] is not batch:
-            self._last = (batch, self.editor.lower(batch))  # pre and post of a batch come together
-        return self.editor.answer_logits(batch, self._last[1], self.edits if post else None)
+        return self._per_chunk(batch, post, lambda sub, lg: lg)
+
+    def logprobs(self, batch: TokenBatch, post: bool) -> torch.Tensor:
+        """Log-probability of each answer token; never holds a whole batch's vocabulary logits."""
+        return self._per_chunk(batch, post,
+                               lambda sub, lg: losses.token_logprobs(lg, sub.answer_ids[sub.answer_mask].to(lg.device)))
 
     def generate(self, prompt_ids, row_edit, new_tokens, post):
         e = self.editor
@@ -157,9 +200,7 @@ def _score_sentiment(records, tok, fwd: Forward, max_length: int, results: list[
     if sb is None:
         return
     rows = losses.answer_rows(sb.answer_mask)
-    ids = sb.answer_ids[sb.answer_mask]
-    pre = losses.token_logprobs(fwd.logits(sb, False), ids)
-    post = losses.token_logprobs(fwd.logits(sb, True), ids)
+    pre, post = fwd.logprobs(sb, False), fwd.logprobs(sb, True)
     tok_edit = sb.row_edit.to(rows.device)[rows]
     tok_good = torch.tensor([bool(m["good"]) for m in sb.meta], device=rows.device)[rows]
     for e in sorted(set(tok_edit.tolist())):

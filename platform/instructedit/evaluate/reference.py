@@ -13,6 +13,7 @@ import contextlib
 import torch
 
 from ..data.batches import TokenBatch, edit_batch
+from ..editor import losses
 from . import generation
 from .core import EvalOptions, MakeEdits, score
 
@@ -38,6 +39,10 @@ class DenseForward:
             out = self.editor.model(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
                                     use_cache=False)
         return out.logits[batch.answer_mask.to(dev)]
+
+    def logprobs(self, batch: TokenBatch, post: bool) -> torch.Tensor:
+        ids = batch.answer_ids[batch.answer_mask].to(self.editor.device)
+        return losses.token_logprobs(self.logits(batch, post), ids)
 
     def generate(self, prompt_ids, row_edit, new_tokens, post):
         with self._weights(post):  # one record: every row carries the same edit

@@ -9,6 +9,7 @@ import pytest
 import torch
 from eval_records import make_convsent, make_records
 from instructedit.config import CONFIG_DIR, load_task
+from instructedit.data.batches import probe_batch
 from instructedit.data.instructions import retag
 from instructedit.data.readers import read_source
 from instructedit.evaluate import runner
@@ -239,3 +240,20 @@ def test_compare_table_from_eval_dirs(tmp_path):
     assert table.values.loc["InstructEdit", ("counterfact", "reliability")] == 0.9
     paths = write_table(table, tmp_path / "out")
     assert "**90.00**" in paths["md"].read_text() and paths["csv"].exists()
+
+
+def test_length_chunks_change_nothing(tiny_editor, records):
+    """Rows sorted into small chunks of similar length (less padding) give the same numbers."""
+    from instructedit.data.batches import edit_batch
+
+    tagged = runner.retag(records, "seen")
+    tok = tiny_editor.tokenizer
+    eb = edit_batch(tagged, tok, ML)
+    edits = mend_edits(tiny_editor)(eb, tiny_editor.lower(eb))
+    whole = score(tagged, tok, BatchedForward(tiny_editor, edits), ML, EvalOptions(generation=False))
+    small = BatchedForward(tiny_editor, edits, max_tokens=3 * ML)
+    chunked = score(tagged, tok, small, ML, EvalOptions(generation=False))
+    for a, b in zip(chunked, whole):
+        _same(a, b, 1e-5)
+    sb = probe_batch(tagged, tok, "sentiment", ML)
+    assert len(small._chunks(sb)[0]) > 2  # really split
