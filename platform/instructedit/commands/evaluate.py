@@ -64,15 +64,6 @@ def _tasks(values) -> list[str]:
     return [t for v in values for t in v.split(",") if t]
 
 
-def _find_checkpoint(folder: str) -> str:
-    from pathlib import Path
-
-    hits = sorted(Path(folder).rglob("editor.pt"))
-    if not hits:
-        raise FileNotFoundError(f"no editor.pt in the downloaded checkpoint artifact {folder}")
-    return str(hits[0])
-
-
 def run(args) -> int:
     import json
     import sys
@@ -93,13 +84,20 @@ def run(args) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     info: dict = {}
     editor_run = None
+    run_folder = ""
+    if args.editor or args.run:
+        from ..api import resolve_checkpoint
+        from ..editor.checkpoint import step_of
+
+        # One resolver for a file, a step folder, a run folder (its best by validation) or a run id.
+        found = resolve_checkpoint(args.editor or args.run, args.tracking_uri)
+        print(found.line(), file=sys.stderr, flush=True)
+        args.editor = str(found.path)
+        run_folder = found.path.parent.parent.name if step_of(found.path.parent) is not None else ""
     if args.run:
         from .. import tracking
 
         editor_run = tracking.get_run(args.run, args.tracking_uri)
-        say(f"[eval] downloading checkpoint/ of run {args.run}")
-        folder = tracking.download_artifacts(args.run, "checkpoint", tracking_uri=args.tracking_uri)
-        args.editor = _find_checkpoint(folder)
     if args.editor:
         info = runner.checkpoint_info(args.editor)
         if editor_run is not None:
@@ -108,11 +106,12 @@ def run(args) -> int:
         target = runner.EvalTarget("editor", checkpoint=str(args.editor), device=device)
         tags = runner.method_tags("editor", info.get("mode", ""))
         tags["tasks"] = info.get("tasks", "")
+        tags.update({k: info[k] for k in ("seed", "step") if info.get(k)})  # seeds are aggregated in tables
         default_tasks = [t for t in info.get("tasks", "").split(",") if t] + ["zsre"]
         trained_with = info.get("instruction_setting") or "none"
         instructed_edit = trained_with != "none"  # edit from the instructed input only if trained on it
         setting = args.instructions or (trained_with if instructed_edit else "seen")
-        name = args.run or Path(args.editor).resolve().parent.name
+        name = args.run or run_folder or Path(args.editor).resolve().parent.name
     else:
         target = runner.EvalTarget(args.baseline, model=args.model, device=device,
                                    ftl={"steps": args.ftl_steps, "lr": args.ftl_lr,

@@ -105,7 +105,8 @@ def checkpoint_info(path: str | Path) -> dict:
     data = rc.get("data") or {}
     return {"mode": rc.get("mode", ""), "tasks": ",".join(data.get("tasks") or []),
             "instruction_setting": data.get("instruction_setting", ""), "model": ckpt.get("model_name", ""),
-            "experiment": rc.get("experiment", "")}
+            "experiment": rc.get("experiment", ""), "seed": str((rc.get("train") or {}).get("seed", "")),
+            "step": str(ckpt.get("step", ""))}
 
 
 def method_tags(kind: str, mode: str = "") -> dict[str, str]:
