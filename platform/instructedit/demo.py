@@ -10,6 +10,7 @@ commands a user runs by hand; this module only chains them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -19,33 +20,65 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-METRICS = ("reliability", "generalization", "locality", "portability")
+# The demo's results table: plain-probe metrics first, then the instructed variant of reliability.
+METRICS = ("reliability", "generalization", "locality", "portability", "reliability_instructed")
+HEADS = {"reliability_instructed": "rel.(instr.)"}
 
 
 def _banner(msg: str, t0: float) -> None:
     print(f"\n=== {msg}  [{time.time() - t0:5.0f} s]", flush=True)
 
 
-def results_table(rows: dict[str, dict[str, float]], tasks: list[str], split: str = "test") -> str:
-    """{method: {<split>/<task>/<metric>: value}} -> a text table (x100), one row per method and task."""
-    head = f"{'method':<16}{'task':<14}" + "".join(f"{m[:14]:>15}" for m in METRICS)
+def _cell(stat: dict | None, metric: str) -> str:
+    """mean [ci_low-ci_high], rounded to what n supports (analysis.tables.format_value)."""
+    from analysis.tables import MISSING, format_value
+
+    if not stat or stat.get("mean") is None:
+        return MISSING
+    n = stat.get("n")
+    text = format_value(stat["mean"], n, metric)
+    if stat.get("ci_low") is not None and stat.get("ci_high") is not None:
+        text += f" [{format_value(stat['ci_low'], n, metric)}-{format_value(stat['ci_high'], n, metric)}]"
+    return text
+
+
+def results_table(rows: dict[str, dict[str, dict[str, dict]]], tasks: list[str]) -> str:
+    """{method: {task: {metric: {mean, ci_low, ci_high, n}}}} (summary.json) -> a text table (x100,
+    95% intervals, n), one row per method and task."""
+    width = 18
+    head = f"{'method':<14}{'task':<13}{'n':>6}" + "".join(f"{HEADS.get(m, m)[:width - 1]:>{width}}" for m in METRICS)
     lines = [head, "-" * len(head)]
-    for method, metrics in rows.items():
+    for method, summary in rows.items():
         for task in tasks + ["avg"]:
-            vals = [metrics.get(f"{split}/{task}/{m}") for m in METRICS]
-            if all(v is None for v in vals):
+            stats = summary.get(task, {})
+            if not any(m in stats for m in METRICS):
                 continue
-            cells = "".join(f"{'-' if v is None else f'{100 * v:.1f}':>15}" for v in vals)
-            lines.append(f"{method:<16}{task:<14}{cells}")
+            n = next((stats[m].get("n") for m in METRICS if m in stats and stats[m].get("n")), None)
+            cells = "".join(f"{_cell(stats.get(m), m):>{width}}" for m in METRICS)
+            lines.append(f"{method:<14}{task:<13}{'' if n is None else int(n):>6}{cells}")
     return "\n".join(lines)
 
 
-def _read_summary(path: Path) -> dict[str, float]:
-    """An evaluation's summary.csv (key, split, task, metric, value) -> {key: value}."""
+def read_summary(folder: Path) -> dict[str, dict[str, dict]]:
+    """An evaluation folder's summary.json, else its summary.csv (means only)."""
     import csv
+    import json
 
-    with open(path) as f:
-        return {r["key"]: float(r["value"]) for r in csv.DictReader(f)}
+    if (folder / "summary.json").exists():
+        return json.loads((folder / "summary.json").read_text())
+    out: dict[str, dict[str, dict]] = {}
+    with open(folder / "summary.csv") as f:
+        for r in csv.DictReader(f):
+            out.setdefault(r["task"], {})[r["metric"]] = {"mean": float(r["value"])}
+    return out
+
+
+def _quietly(log, fn, *a):
+    """Run a step with its stdout in the log file (the demo prints its own one-line summary)."""
+    if log is None:
+        return fn(*a)
+    with contextlib.redirect_stdout(log):
+        return fn(*a)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--eval-records", type=int, default=None, help="test records per task (default: eval.max_records)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite under WORKDIR/mlruns)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show every step's full output and Ray's and MLflow's own logs (default: a log file)")
     args = p.parse_args(argv)
 
     t0 = time.time()
@@ -63,26 +98,36 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)  # the default MLflow store, runs/, evals/ and reports/ all land here
 
+    from . import ray_session
+
+    log_path = ray_session.setup_logging("demo", work / "runs", verbose=args.verbose)
+    log = ray_session.log_stream()
+
     from . import tracking
     from .cli import main as cli
     from .config import load_run_config, parse_overrides
     from .data.prepare import prepare
     from .train.run import train_run
-    from .train.trainer import init_ray
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     cfg = load_run_config(args.config, parse_overrides(args.set))
     prepared = work / "prepared" / cfg.name
-    init_ray()  # one local Ray for every step, with worker output shown here
+    ray_session.init_ray()  # one local Ray for every step
 
     _banner(f"1/4 prepare: {', '.join(cfg.data.tasks + cfg.data.hold_out)} -> {prepared}", t0)
-    prepare(cfg, prepared, on_error="skip", progress=True)  # bad corpus records -> rejects.jsonl
+    # bad corpus records -> rejects.jsonl
+    manifest = _quietly(log, prepare, cfg, prepared, "skip", args.verbose)
+    t = manifest["totals"]
+    print(f"[demo] kept {t['kept']} of {t['read']} records ({t['rejected']} rejected, {t['capped']} over "
+          f"data.max_records) -> {prepared.relative_to(work)}", flush=True)
     cfg = load_run_config(args.config, {**parse_overrides(args.set), "data.prepared_dir": str(prepared)})
 
     _banner(f"2/4 train: {cfg.mode} editor on {cfg.model}, {cfg.train.num_workers} Ray Train worker(s), "
-            f"up to {cfg.train.max_steps} steps", t0)
+            f"up to {cfg.train.max_steps} steps of {cfg.train.batch_size} edits", t0)
     out = train_run(cfg, tracking_uri=uri)
-    print(f"best checkpoint {out.checkpoint} (step {out.best_step}); MLflow run {out.run_id}", flush=True)
+    score = out.best_metrics.get(cfg.train.early_stop_metric)
+    print(f"[demo] best: step {out.best_step}" + (f", {cfg.train.early_stop_metric} {score:.3f}" if score is not None
+                                                  else "") + f" ({out.checkpoint}); MLflow run {out.run_id}", flush=True)
 
     tasks = list(cfg.eval.tasks or (cfg.data.tasks + cfg.data.hold_out))
     n = args.eval_records or cfg.eval.max_records
@@ -92,19 +137,27 @@ def main(argv: list[str] | None = None) -> int:
     _banner(f"3/4 evaluate on {', '.join(tasks)} ({cfg.eval.split}, {n or 'all'} records per task): "
             "the trained editor, then the unedited model", t0)
     evals = work / "evals" / out.name
-    rc = cli(["evaluate", "--run", out.run_id, "--out", str(evals / "editor"), *common])
-    rc = rc or cli(["evaluate", "--baseline", "pre-edit", "--model", cfg.model, "--experiment", cfg.experiment,
-                    "--out", str(evals / "pre-edit"), *common])
-    if rc:
-        return rc
+    runs = {"InstructEdit": ["--run", out.run_id, "--out", str(evals / "editor")],
+            "Pre-edit": ["--baseline", "pre-edit", "--model", cfg.model, "--experiment", cfg.experiment,
+                         "--out", str(evals / "pre-edit")]}
+    for method, how in runs.items():
+        t1 = time.time()
+        rc = _quietly(log, cli, ["evaluate", *how, *common])
+        if rc:
+            print(f"[demo] evaluate {method} failed (exit {rc})" + (f"; see {log_path}" if log_path else ""))
+            return rc
+        print(f"[demo] {method}: {how[how.index('--out') + 1]} ({time.time() - t1:.0f} s)", flush=True)
 
     _banner("4/4 report", t0)
-    cli(["report", "--experiment", cfg.experiment, "--tracking-uri", uri])
+    report_dir = work / "reports" / cfg.experiment
+    _quietly(log, cli, ["report", "--experiment", cfg.experiment, "--tracking-uri", uri, "--out", str(report_dir)])
+    figs = sorted(p.stem for p in (report_dir / "figures").glob("*.png"))
+    print(f"[demo] report: {report_dir / 'report.html'} (figures: {', '.join(figs) or 'none'})", flush=True)
 
-    rows = {"Pre-edit": _read_summary(evals / "pre-edit" / "summary.csv"),
-            "InstructEdit": _read_summary(evals / "editor" / "summary.csv")}
-    print(f"\nResults ({cfg.eval.split} split, x100; {', '.join(cfg.data.hold_out)} held out of training):")
-    print(results_table(rows, tasks, cfg.eval.split))
+    rows = {"Pre-edit": read_summary(evals / "pre-edit"), "InstructEdit": read_summary(evals / "editor")}
+    print(f"\nResults ({cfg.eval.split} split, x100, mean [95% interval]; {', '.join(cfg.data.hold_out)} held out "
+          "of training):")
+    print(results_table(rows, tasks))
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
     ui = " ".join(tracking.ui_command(uri))
     print(f"open the MLflow UI:  instructedit ui --tracking-uri '{uri}'\n   (or: {ui})")

@@ -41,6 +41,11 @@ def log_file() -> Path | None:
     return _state["path"]
 
 
+def log_stream():
+    """The open log file (for output a caller wants kept but not shown), None when verbose."""
+    return _state["file"]
+
+
 def is_verbose() -> bool:
     return bool(_state["verbose"])
 
@@ -103,9 +108,7 @@ def _route_loggers() -> None:
     for name in LIBRARY_LOGGERS:
         lg = logging.getLogger(name)
         lg.handlers = [handler, console]
-        lg.propagate = False
-        if lg.level == logging.NOTSET or lg.level > logging.INFO:
-            lg.setLevel(logging.INFO)
+        lg.propagate = False  # levels stay as the libraries set them: only where records go changes
 
 
 def _write_worker_lines(data: dict) -> None:

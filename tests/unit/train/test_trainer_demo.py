@@ -1,18 +1,33 @@
-"""The demo's results table (the demo itself runs in `make demo`)."""
+"""The demo's results table (the demo itself runs in `make demo`; tests/integration/test_quiet_output.py
+runs it at a tiny budget)."""
 
-from instructedit.demo import _read_summary, results_table
+import json
+
+from instructedit.demo import read_summary, results_table
 
 
 def test_results_table(tmp_path):
-    p = tmp_path / "summary.csv"
-    p.write_text("key,split,task,metric,value\n"
-                 "test/zsre/reliability,test,zsre,reliability,0.5\n"
-                 "test/avg/reliability,test,avg,reliability,0.5\n"
-                 "test/zsre/locality,test,zsre,locality,0.25\n")
-    m = _read_summary(p)
-    assert m == {"test/zsre/reliability": 0.5, "test/avg/reliability": 0.5, "test/zsre/locality": 0.25}
-    table = results_table({"InstructEdit": m}, ["counterfact", "zsre"])
+    summary = {
+        "zsre": {"reliability": {"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75, "n": 16},
+                 "locality": {"mean": 0.25, "ci_low": 0.1, "ci_high": 0.4, "n": 16}},
+        "counterfact": {},
+        "avg": {"reliability": {"mean": 0.5, "ci_low": 0.3, "ci_high": 0.7, "n": 1600}},
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    rows = read_summary(tmp_path)
+    assert rows == summary
+    table = results_table({"InstructEdit": rows}, ["counterfact", "zsre"])
     lines = table.splitlines()
-    assert lines[0].split()[:3] == ["method", "task", "reliability"]
+    assert lines[0].split()[:4] == ["method", "task", "n", "reliability"]
     assert [ln.split()[1] for ln in lines[2:]] == ["zsre", "avg"]  # no row for a task without metrics
-    assert lines[2].split()[2:] == ["50.0", "-", "25.0", "-"]
+    # n < 1000: whole percents; n >= 1000: one decimal; plain metrics first, the instructed column last
+    assert lines[2].split()[2:6] == ["16", "50", "[25-75]", "–"]
+    assert lines[2].split()[-1] == "–"
+    assert lines[3].split()[2:5] == ["1600", "50.0", "[30.0-70.0]"]
+    assert lines[0].split()[-1] == "rel.(instr.)"
+
+
+def test_read_summary_csv_fallback(tmp_path):
+    (tmp_path / "summary.csv").write_text("key,split,task,metric,value\n"
+                                          "test/zsre/reliability,test,zsre,reliability,0.5\n")
+    assert read_summary(tmp_path) == {"zsre": {"reliability": {"mean": 0.5}}}
