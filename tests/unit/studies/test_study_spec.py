@@ -91,7 +91,7 @@ def test_convsent_balance_arms_and_the_balance_override():
     spec = load_study("convsent-balance")
     full = spec.trial_config({"balance": "full"})
     balanced = spec.trial_config({"balance": "balanced"})
-    assert full.data.balance == {"convsent": None} and balanced.data.balance == {"convsent": 1153}
+    assert full.data.balance == {"convsent": None} and balanced.data.balance == {"convsent": 1156}
     assert trial_tags(spec, {"balance": "full"}, "t1", "trial_t1")["balance"] == "full"
 
     from instructedit.data.pipeline import finish_task
