@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..instructions.backends import BACKENDS
+
 HELP = "write task instructions with an LLM, score them with trial editors, refine until no gain"
 DESCRIPTION = (
     "From the task's description, an LLM (an OpenAI-compatible server, or a local chat model, "
@@ -22,7 +24,7 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="task name (configs/tasks/<task>.yaml)")
     w = p.add_argument_group("writer")
-    w.add_argument("--backend", choices=("openai", "local"), default="local")
+    w.add_argument("--backend", choices=BACKENDS, default="local")
     w.add_argument("--model", help="openai: served model name ($OPENAI_MODEL, gpt-4o-mini); "
                                    "local: registry model (smollm2-135m)")
     w.add_argument("--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1 ($OPENAI_BASE_URL)")
@@ -80,7 +82,7 @@ def _scorer(args: argparse.Namespace):
 
 
 def _writer(args: argparse.Namespace):
-    from ..instructions.writer import make_writer
+    from ..instructions.backends import make_writer
 
     if args.backend == "openai":
         kw = {"base_url": args.base_url, "api_key_file": args.api_key_file, "timeout": args.timeout,

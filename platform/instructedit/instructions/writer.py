@@ -1,8 +1,9 @@
 """The instruction writer interface: chat messages in, n sampled completions out.
 
 Two backends implement it: `OpenAIWriter` (any OpenAI-compatible server, openai_writer.py) and
-`LocalWriter` (a registry chat model through transformers, local_writer.py). The optimiser only
-sees this interface, wrapped in `CachedWriter` (cache.py) so that a rerun makes no new calls.
+`LocalWriter` (a registry chat model through transformers, local_writer.py); `make_writer`
+(backends.py) builds one by name. The optimiser only sees this interface, wrapped in
+`CachedWriter` (cache.py) so that a rerun makes no new calls.
 """
 
 from __future__ import annotations
@@ -40,19 +41,3 @@ class Writer(Protocol):
     def describe(self) -> dict[str, Any]:
         """Public, secret-free settings that change the output (MLflow params and cache keys)."""
         ...
-
-
-BACKENDS = ("openai", "local")
-
-
-def make_writer(backend: str, model: str | None = None, **kwargs: Any) -> Writer:
-    """Build a writer by backend name; kwargs go to the backend's constructor."""
-    if backend == "openai":
-        from .openai_writer import OpenAIWriter
-
-        return OpenAIWriter(model=model, **kwargs)
-    if backend == "local":
-        from .local_writer import LocalWriter
-
-        return LocalWriter(model=model or "smollm2-135m", **kwargs)
-    raise ValueError(f"unknown writer backend {backend!r}; known: {list(BACKENDS)}")

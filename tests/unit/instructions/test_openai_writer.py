@@ -1,13 +1,13 @@
 """The OpenAI-compatible writer against a real HTTP server on 127.0.0.1, through the openai client."""
 
 import pytest
+from instructedit.instructions.backends import make_writer
 from instructedit.instructions.openai_writer import OpenAIWriter, public_url, resolve_api_key
 from instructedit.instructions.writer import (
     WriterAuthError,
     WriterError,
     WriterResponseError,
     WriterTimeoutError,
-    make_writer,
 )
 
 MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "write one"}]
