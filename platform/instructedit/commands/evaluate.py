@@ -234,14 +234,42 @@ def _sequential(args, target, records, setting, out, tags, editor_run, info, say
 
 
 def _compare(args) -> int:
+    from pathlib import Path
+
+    src = Path(args.compare_table)
+    if src.is_dir() and any(src.rglob("cases.parquet")):
+        return _compare_cases(src)
     from ..evaluate.tables import compare_table, print_table, write_table
 
     table = compare_table(args.compare_table, split=args.split, tracking_uri=args.tracking_uri)
     print_table(table)
-    from pathlib import Path
-
-    src = Path(args.compare_table)
     out_dir = src if src.is_dir() else Path(args.out or Path("evals") / "tables" / str(args.compare_table))
     paths = write_table(table, out_dir)
     print(f"table: {paths['csv']}  {paths['md']}")
+    return 0
+
+
+# Columns of the interval table: headline (plain) metrics, then instructed and generation-based.
+COMPARE_METRICS = ["reliability", "generalization", "portability", "locality", "es", "dd",
+                   "reliability_instructed", "generalization_instructed", "portability_instructed", "es_instructed",
+                   "reliability_gen", "generalization_gen", "locality_gen"]
+
+
+def _compare_cases(src) -> int:
+    """Per-case results under `src` -> the interval table (seeds aggregated) and the paired
+    InstructEdit - MEND (multi-task) differences, printed and written as Markdown."""
+    from ..evaluate import compare
+
+    df = compare.read_cases(src)
+    text = "## Methods (mean [95% bootstrap CI], x100 except dd)\n\n" + compare.interval_table(df, COMPARE_METRICS)
+    methods = set(df["method"])
+    for a, b in (("InstructEdit", "MEND (multi-task)"), ("InstructEdit", "Pre-edit")):
+        if {a, b} <= methods:
+            text += f"\n\n## {a} - {b}, paired\n\n" + compare.difference_table(df, a, b, COMPARE_METRICS)
+    print(text)
+    path = src / "table.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)
+    print(f"table: {path}")
     return 0

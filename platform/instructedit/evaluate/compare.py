@@ -1,0 +1,125 @@
+"""Methods compared on the same cases: seeds aggregated, intervals, paired differences.
+
+Input: evaluation folders (what `instructedit evaluate --out DIR` writes: cases.parquet plus
+run.json with the method tags), found recursively under one root. Evaluations of one method that
+differ only by training seed (tag `seed`) are one row: the value of a cell is the mean over seeds
+of the mean over cases, and its interval resamples cases and seeds (stats.bootstrap on the seeds x
+cases matrix). A difference between two methods uses the cases both were evaluated on, paired.
+Torch-free, like stats and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .metrics import METRICS, edit_success, order
+
+
+@dataclass(frozen=True)
+class Cell:
+    est: stats.Estimate
+    seeds: int
+
+
+def read_cases(root: str | Path) -> pd.DataFrame:
+    """Every evaluation under `root` -> one long frame: method, seed, split, task, case_id, metrics."""
+    frames = []
+    for path in sorted(Path(root).rglob("cases.parquet")):
+        info = json.loads((path.parent / "run.json").read_text()) if (path.parent / "run.json").exists() else {}
+        tags = info.get("tags", {})
+        df = pd.read_parquet(path)
+        if df.empty:
+            continue
+        df = df.copy()
+        df["edit_success"] = [edit_success(r) for r in df.to_dict("records")]
+        df["method"] = tags.get("method") or path.parent.name
+        df["seed"] = str(tags.get("seed", ""))
+        df["source"] = str(path.parent)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _matrix(df: pd.DataFrame, metric: str, case_ids: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """(seeds, cases) values of one method, task and metric; cases in a fixed order."""
+    wide = df.pivot_table(index="seed", columns="case_id", values=metric, aggfunc="mean")
+    cases = case_ids if case_ids is not None else sorted(wide.columns)
+    wide = wide.reindex(columns=cases)
+    return wide.to_numpy(dtype=float), cases
+
+
+def cell(df: pd.DataFrame, method: str, task: str, metric: str) -> Cell | None:
+    sub = df[(df["method"] == method) & (df["task"] == task)]
+    if metric not in sub or sub[metric].isna().all():
+        return None
+    m, _ = _matrix(sub, metric)
+    return Cell(stats.bootstrap(m), m.shape[0])
+
+
+def paired_difference(df: pd.DataFrame, a: str, b: str, task: str, metric: str) -> stats.Estimate | None:
+    """mean(a) - mean(b) over the cases of `task` both methods were evaluated on, paired."""
+    sa, sb = (df[(df["method"] == x) & (df["task"] == task)] for x in (a, b))
+    if metric not in df or sa.empty or sb.empty:
+        return None
+    common = sorted(set(sa["case_id"]) & set(sb["case_id"]))
+    if not common:
+        return None
+    ma, _ = _matrix(sa, metric, common)
+    mb, _ = _matrix(sb, metric, common)
+    return stats.paired(ma, mb)
+
+
+def methods_in_order(df: pd.DataFrame) -> list[str]:
+    """Registry order of the methods present (the method registry's display names), others after."""
+    try:
+        from ..editor.methods import display_order  # the method registry, where it exists
+        known = list(display_order())
+    except ImportError:
+        known = ["Pre-edit", "FT-L", "MEND (single-task)", "MEND (multi-task)", "InstructEdit"]
+    present = list(dict.fromkeys(df["method"]))
+    return [m for m in known if m in present] + [m for m in present if m not in known]
+
+
+def fmt(est: stats.Estimate, metric: str) -> str:
+    k = METRICS[metric].scale if metric in METRICS else 100.0
+    digits = 1 if k != 1.0 else 3
+    return f"{est.mean * k:.{digits}f} [{est.ci_low * k:.{digits}f}, {est.ci_high * k:.{digits}f}]"
+
+
+def interval_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = None,
+                   methods: list[str] | None = None) -> str:
+    """Markdown: one row per method, a column per task x metric, `mean [95% CI]`; n per task in the
+    header (cases; seeds per row in the Method cell when more than one)."""
+    tasks = tasks or sorted(df["task"].unique(), key=lambda t: (t == "zsre", t))
+    methods = methods or methods_in_order(df)
+    cols, header = [], ["Method"]
+    for t in tasks:
+        n = df[df["task"] == t]["case_id"].nunique()
+        for m in order(metrics):
+            if m in df and df[df["task"] == t][m].notna().any():
+                cols.append((t, m))
+                header.append(f"{t} {m} (n={n})")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(cols)) + "|"]
+    for method in methods:
+        cells = [cell(df, method, t, m) for t, m in cols]
+        seeds = max((c.seeds for c in cells if c is not None), default=1)
+        name = method + (f" ({seeds} seeds)" if seeds > 1 else "")
+        lines.append("| " + " | ".join([name] + [fmt(c.est, m) if c else "–" for c, (_, m) in zip(cells, cols)]) + " |")
+    return "\n".join(lines)
+
+
+def difference_table(df: pd.DataFrame, a: str, b: str, metrics: list[str], tasks: list[str] | None = None) -> str:
+    """Markdown: `a - b` per task and metric with the paired 95% interval and n."""
+    tasks = tasks or sorted(df["task"].unique(), key=lambda t: (t == "zsre", t))
+    lines = [f"| task | metric | {a} - {b} [95% paired CI] | n |", "|---|---|---:|---:|"]
+    for t in tasks:
+        for m in order(metrics):
+            d = paired_difference(df, a, b, t, m)
+            if d is not None and d.n:
+                lines.append(f"| {t} | {m} | {fmt(d, m)} | {d.n} |")
+    return "\n".join(lines)

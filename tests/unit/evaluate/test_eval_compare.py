@@ -1,0 +1,44 @@
+"""Comparison of evaluation folders: seeds become one row, differences are paired."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from instructedit.evaluate import compare, stats
+
+
+def _write(root, name, method, seed, rel):
+    d = root / name
+    d.mkdir(parents=True)
+    rows = [{"case_id": f"c{i}", "task": "zsre", "instruction_setting": "seen", "reliability": float(v),
+             "reliability_instructed": 1.0} for i, v in enumerate(rel)]
+    pd.DataFrame(rows).to_parquet(d / "cases.parquet")
+    (d / "run.json").write_text(json.dumps({"run_id": "", "tags": {"method": method, "seed": str(seed)}}))
+
+
+def test_seeds_are_one_row_and_differences_are_paired(tmp_path):
+    rng = np.random.default_rng(0)
+    base = (rng.random(60) < 0.5).astype(float)
+    _write(tmp_path, "mt", "MEND (multi-task)", 0, base)
+    gain = base.copy()
+    gain[base == 0][:10] = 1.0
+    flip = np.where(base == 0)[0][:12]
+    s0, s1 = base.copy(), base.copy()
+    s0[flip] = 1.0
+    s1[flip[:6]] = 1.0
+    _write(tmp_path, "ie0", "InstructEdit", 0, s0)
+    _write(tmp_path, "ie1", "InstructEdit", 1, s1)
+    df = compare.read_cases(tmp_path)
+    c = compare.cell(df, "InstructEdit", "zsre", "reliability")
+    assert c.seeds == 2 and c.est.n == 60
+    assert c.est.mean == pytest.approx((s0.mean() + s1.mean()) / 2)
+    d = compare.paired_difference(df, "InstructEdit", "MEND (multi-task)", "zsre", "reliability")
+    assert d.mean == pytest.approx(9 / 60) and d.n == 60
+    assert d.ci_low > 0  # every case moved up or stayed: a paired interval excludes zero
+    unpaired = stats.bootstrap(s0).ci_high - stats.bootstrap(s0).ci_low
+    assert d.ci_high - d.ci_low < unpaired
+    table = compare.interval_table(df, ["reliability", "reliability_instructed"])
+    assert "InstructEdit (2 seeds)" in table and "zsre reliability (n=60)" in table
+    assert table.index("zsre reliability (n=60)") < table.index("reliability_instructed")
+    assert "MEND (multi-task)" in compare.difference_table(df, "InstructEdit", "MEND (multi-task)", ["reliability"])
