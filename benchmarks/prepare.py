@@ -26,8 +26,9 @@ from instructedit.config import load_run_config
 from instructedit.data import readers
 from instructedit.data.corpora import resolve_data_dir
 from instructedit.data.pipeline import ALL_HOLD_OUT, ALL_TASKS, build_task, task_configs
-from instructedit.data.prepare import init_ray, prepare
+from instructedit.data.prepare import prepare
 from instructedit.data.record import records_to_table
+from instructedit.ray_session import init_ray
 
 
 def plain_loop(cfg, data_dir: Path, out: Path) -> dict:

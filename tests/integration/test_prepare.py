@@ -31,7 +31,9 @@ def test_default_prepare_accounts_for_every_record(prepared, shared_data):
     assert t["read"] == sum(raw.values()) == t["kept"] + t["rejected"] + t["balanced_out"] + t["capped"]
     assert m["rejected"]["zsre"] == 2 and t["rejected"] == 2
     assert set(m["counts"]) == {"counterfact", "recent", "convsent", "counterfact-mend", "zsre"}
-    assert m["counts"]["counterfact-mend"] == {"train": 10000, "val": 1919, "test": 10000}
+    # The files hold 10000 / 1919 / 10000; 39 val and 150 test records share their prompt with a
+    # train record and join train (pipeline.join_train_prompts).
+    assert m["counts"]["counterfact-mend"] == {"train": 10189, "val": 1880, "test": 9850}
     assert (m["seed"], m["instruction_setting"], m["schema_version"]) == (0, "seen", 1)
     rejects = [json.loads(line) for line in (prepared / "rejects.jsonl").read_text().splitlines()]
     assert [(r["index"], r["field"], r["reason"]) for r in rejects] == [(534, "alt", "empty target"),

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import ConfigError, DataConfig, RunConfig, TaskConfig, load_task
+from ..ray_session import init_ray
 from .corpora import HOW_TO_GET_DATA, CorpusNotFoundError, resolve_data_dir, sha256_file
 from .instruction_sets import resolve_pool
 from .instructions import check_setting, tag
@@ -131,13 +132,6 @@ def _finish_write(rows: list[dict[str, Any]], task_cfg: TaskConfig, data: DataCo
     summary += [{"task": task, "kind": "dropped", "split": d["split"], "n": 1, "payload": json.dumps(d)}
                 for d in dropped]
     return summary
-
-
-def init_ray() -> None:
-    """Join an existing Ray (a connection, or RAY_ADDRESS for cluster jobs), else start a local one."""
-    from ..ray_session import init_ray as start
-
-    start()
 
 
 def _data_dict(data: DataConfig) -> dict[str, Any]:

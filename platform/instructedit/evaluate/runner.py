@@ -351,7 +351,7 @@ def _run_parallel(target: EvalTarget, batches: list, setting: str, max_length: i
     import ray
     from ray.util import ActorPool
 
-    from ..data.prepare import init_ray
+    from ..ray_session import init_ray
 
     init_ray()
     gpu = target.device.startswith("cuda")
