@@ -85,6 +85,7 @@ class BatchedForward:
     def __init__(self, editor, edits, max_tokens: int = 4096):
         self.editor, self.edits, self.max_tokens = editor, edits, max_tokens
         self._last: tuple[TokenBatch, list, torch.Tensor] | None = None  # (batch, chunks, order)
+        self._generated: tuple | None = None  # (key, continuations, prompts) of the last pre-edit call
 
     def _chunks(self, batch: TokenBatch):
         if self._last is None or self._last[0] is not batch:  # pre and post of a batch come together
@@ -103,30 +104,40 @@ class BatchedForward:
                 sub = batch.select(g)
                 chunks.append((sub, self.editor.lower(sub)))
             self._last = (batch, chunks, answer_order(batch, groups))
+            self._same: dict[str, torch.Tensor] = {}  # outputs of this batch, when pre == post
         return self._last[1], self._last[2]
 
-    def _per_chunk(self, batch: TokenBatch, post: bool, fn) -> torch.Tensor:
+    def _per_chunk(self, batch: TokenBatch, post: bool, kind: str, fn) -> torch.Tensor:
         chunks, order = self._chunks(batch)
+        if not self.edits and kind in self._same:  # no edits (pre-edit model): post is pre
+            return self._same[kind]
         parts = [fn(sub, self.editor.answer_logits(sub, h, self.edits if post else None)) for sub, h in chunks]
         flat = torch.cat(parts)
         out = torch.empty_like(flat)
         out[order.to(flat.device)] = flat
+        if not self.edits:
+            self._same[kind] = out
         return out
 
     def logits(self, batch: TokenBatch, post: bool) -> torch.Tensor:
-        return self._per_chunk(batch, post, lambda sub, lg: lg)
+        return self._per_chunk(batch, post, "logits", lambda sub, lg: lg)
 
     def logprobs(self, batch: TokenBatch, post: bool) -> torch.Tensor:
         """Log-probability of each answer token; never holds a whole batch's vocabulary logits."""
-        return self._per_chunk(batch, post,
+        return self._per_chunk(batch, post, "logprobs",
                                lambda sub, lg: losses.token_logprobs(lg, sub.answer_ids[sub.answer_mask].to(lg.device)))
 
     def generate(self, prompt_ids, row_edit, new_tokens, post):
         e = self.editor
+        key = (id(prompt_ids), new_tokens)
+        if not self.edits and self._generated is not None and self._generated[0] == key:
+            return self._generated[1]  # no edits: the post-edit continuation is the pre-edit one
         if post and self.edits:
             with patched(e.layers, self.edits, torch.tensor(row_edit, dtype=torch.long, device=e.device)):
                 return generation.greedy(e.model, e.tokenizer, prompt_ids, new_tokens)
-        return generation.greedy(e.model, e.tokenizer, prompt_ids, new_tokens)
+        out = generation.greedy(e.model, e.tokenizer, prompt_ids, new_tokens)
+        self._generated = (key, out, prompt_ids)  # the ids stay referenced, so the key stays unique
+        return out
 
 
 # ------------------------------------------------------------------------------------ scoring

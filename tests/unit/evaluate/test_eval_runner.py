@@ -257,3 +257,13 @@ def test_length_chunks_change_nothing(tiny_editor, records):
         _same(a, b, 1e-5)
     sb = probe_batch(tagged, tok, "sentiment", ML)
     assert len(small._chunks(sb)[0]) > 2  # really split
+
+
+def test_pre_edit_batched_equals_reference(tiny_editor, records):
+    """Without edits the batched path reuses pre-edit outputs as post-edit ones: still exact."""
+    tagged = runner.retag(records, "seen")
+    batched = evaluate_batch(tiny_editor, tagged, no_edits, ML)
+    for got, rec in zip(batched, tagged):
+        _same(got, reference_evaluate(tiny_editor, rec, no_edits, ML))
+    assert all(r.get("locality", 1.0) == 1.0 and r.get("locality_gen", 1.0) == 1.0 for r in batched)
+    assert all(r["dd"] == 0.0 for r in batched if "dd" in r)
