@@ -2,7 +2,7 @@
 
     from instructedit import load_editor, EditRequest
 
-    editor = load_editor("runs/my-run/checkpoint/best/editor.pt")      # or an MLflow run id
+    editor = load_editor("runs/my-run-20250101-120000-123")   # its best checkpoint; or editor.pt, or a run id
     result = editor.edit([EditRequest("The Eiffel Tower is in", "Rome", task="counterfact")])
     ...                        # editor.model now carries the edit (all requests summed, in place)
     result.save("edited-model")   # a plain Hugging Face model + MODEL_CARD.md + edits.json
@@ -37,32 +37,36 @@ from .config import ConfigError, TaskConfig, load_task
 from .data.batches import edit_batch, encode_pairs
 from .data.instructions import request_instruction, with_instruction
 from .data.record import EditRecord, Sentiment
+from .editor.checkpoint import CheckpointError, CheckpointNotFound, Resolved, resolve
 from .editor.editor import (
     AppliedEdits,
     CheckpointMismatch,
     Edits,
     MendEditor,
     edits_digest,
-    load_checkpoint_file,
 )
 from .models import LoadedModel
 
 __all__ = [
     "BoundEditor",
+    "CheckpointError",
     "CheckpointMismatch",
     "EditRequest",
     "EditResult",
+    "LocalityProbe",
     "ProbeResult",
     "RequestError",
     "RequestInfo",
     "load_editor",
+    "locality_facts",
+    "locality_probes",
     "read_requests",
+    "resolve_checkpoint",
 ]
 
 # The {task} slot when an explicit instruction comes without a task.
 GENERIC_TASK = "Knowledge Editing"
 LABELS = ("positive", "negative")
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class RequestError(ValueError):
@@ -79,6 +83,8 @@ class EditRequest:
     task: str = ""  # selects the instruction (and template) from the task's pool
     instruction: str = ""  # explicit instruction text; overrides the task's pool
     label: str = ""  # ConvSent: positive | negative (the [LABEL] slot)
+    # Unrelated prompts this edit must not change: strings, or {"prompt", "answer"} objects.
+    locality: list = field(default_factory=list)
     source: str = field(default="", repr=False, compare=False)  # where it came from, for errors
 
     def where(self, index: int | None = None) -> str:
@@ -100,6 +106,14 @@ class EditRequest:
         for i, r in enumerate(self.rephrases):
             if not isinstance(r, str) or not r.strip():
                 raise RequestError(f"{w}: rephrases[{i}] must be a non-empty string")
+        if isinstance(self.locality, str) or not isinstance(self.locality, (list, tuple)):
+            raise RequestError(f"{w}: locality must be a list of prompts or {{\"prompt\", \"answer\"}} objects")
+        for i, item in enumerate(self.locality):
+            ok = (isinstance(item, str) and item.strip()) or (
+                isinstance(item, dict) and isinstance(item.get("prompt"), str) and item["prompt"].strip()
+                and set(item) <= {"prompt", "answer"} and isinstance(item.get("answer", ""), str))
+            if not ok:
+                raise RequestError(f"{w}: locality[{i}] must be a non-empty prompt or {{\"prompt\", \"answer\"}}")
         if self.label and self.label not in LABELS:
             raise RequestError(f"{w}: label must be one of {LABELS}, got {self.label!r}")
         return self
@@ -116,8 +130,8 @@ class EditRequest:
         missing = [k for k in ("prompt", "target") if k not in d]
         if missing:
             raise RequestError(f"{w}: missing {' and '.join(missing)}")
-        req = cls(**{k: (list(v) if k == "rephrases" and isinstance(v, list) else v) for k, v in d.items()},
-                  source=source)
+        req = cls(**{k: (list(v) if k in ("rephrases", "locality") and isinstance(v, list) else v)
+                     for k, v in d.items()}, source=source)
         return req.validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,8 +141,10 @@ class EditRequest:
 
     @property
     def key(self) -> str:
-        """A stable id (the seed of a seeded instruction choice)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """A stable id (the seed of a seeded instruction choice; the locality checks do not count)."""
+        d = self.to_dict()
+        d.pop("locality")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_requests(path: str | os.PathLike) -> list[EditRequest]:
@@ -172,6 +188,66 @@ class ProbeResult:
 
 
 @dataclass
+class LocalityProbe:
+    """An unrelated prompt re-asked after the edits: its greedy answer should not change."""
+
+    prompt: str
+    answer: str = ""  # the expected answer, when known (P(answer) is measured too)
+    source: str = ""  # where it came from: a request, the built-in facts, the command line
+    before: str | None = None  # greedy continuation
+    after: str | None = None
+    p_before: float | None = None
+    p_after: float | None = None
+
+    @property
+    def changed(self) -> bool:
+        """The first answer (up to the first sentence mark) differs before and after."""
+        if self.before is None or self.after is None:
+            return False
+        return first_answer(self.before) != first_answer(self.after)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "changed": self.changed}
+
+
+def first_answer(text: str) -> str:
+    """' Paris. It is the largest city' -> 'paris': what a locality check compares."""
+    text = text.strip().split("\n", 1)[0]
+    text = re.split(r"[.,;:!?]", text, maxsplit=1)[0]
+    return " ".join(text.lower().split())
+
+
+LOCALITY_FACTS = "locality_facts.yaml"
+
+
+def locality_facts() -> list[LocalityProbe]:
+    """The built-in general facts (configs/locality_facts.yaml)."""
+    from .config import CONFIG_DIR, _read_yaml
+
+    path = CONFIG_DIR / LOCALITY_FACTS
+    facts = _read_yaml(path).get("facts")
+    if not isinstance(facts, list) or not all(isinstance(f, dict) and isinstance(f.get("prompt"), str)
+                                              for f in facts):
+        raise ConfigError(f"{path}: facts must be a list of {{prompt, answer}}")
+    return [LocalityProbe(f["prompt"], str(f.get("answer") or ""), "built-in facts") for f in facts]
+
+
+def locality_probes(requests: Iterable[EditRequest], extra: Iterable[str] = ()) -> list[LocalityProbe]:
+    """The requests' own locality prompts where they give any, the built-in facts otherwise; plus
+    `extra` (e.g. --locality). Each prompt once."""
+    out: list[LocalityProbe] = []
+    for i, r in enumerate(requests):
+        for item in r.locality:
+            prompt, answer = (item, "") if isinstance(item, str) else (item["prompt"], item.get("answer", ""))
+            out.append(LocalityProbe(prompt, answer, r.where(i)))
+    if not out:
+        out = locality_facts()
+    out += [LocalityProbe(p, "", "command line") for p in extra]
+    seen: set[str] = set()
+    return [p for p in out if not (p.prompt in seen or seen.add(p.prompt))]
+
+
+@dataclass
 class RequestInfo:
     request: EditRequest
     instruction_id: str
@@ -194,11 +270,18 @@ class EditResult:
     """The requests' edits summed into the model's weights (in place). revert() restores the
     original weights bit for bit; save() writes the edited model as a plain HF model."""
 
-    def __init__(self, editor: BoundEditor, infos: list[RequestInfo], edits: Edits, handle: AppliedEdits):
+    def __init__(self, editor: BoundEditor, infos: list[RequestInfo], edits: Edits, handle: AppliedEdits,
+                 locality: list[LocalityProbe] | None = None):
         self.editor = editor
         self.infos = infos
         self.edits = edits
         self._handle = handle
+        self.locality: list[LocalityProbe] = locality or []
+
+    @property
+    def changed(self) -> list[LocalityProbe]:
+        """Locality prompts whose answer the edits changed."""
+        return [p for p in self.locality if p.changed]
 
     @property
     def requests(self) -> list[EditRequest]:
@@ -238,6 +321,7 @@ class EditResult:
             "editor": self.editor.describe(),
             "edits_digest": self.digest,
             "edits": [i.to_dict() for i in self.infos],
+            "locality": [p.to_dict() for p in self.locality],
         }
 
     def save(self, out_dir: str | os.PathLike) -> Path:
@@ -300,6 +384,19 @@ def model_card(m: dict[str, Any]) -> str:
         after = "" if pr["p_after"] is None else f"{pr['p_after']:.3g}"
         lines.append(f"| {i} | {cell(e['prompt'])} | {cell(e['target'])} | {e['task'] or '-'} | "
                      f"{cell(e['instruction']) or '-'} | {pr['p_before']:.3g} | {after} |")
+    loc = m.get("locality") or []
+    if loc:
+        changed = sum(1 for p in loc if p["changed"])
+        lines += ["", "## Unrelated prompts (locality check)", "",
+                  (f"Greedy answers to {len(loc)} prompt(s) the edits should not touch, before and after; "
+                   f"{changed} changed."), "",
+                  "| prompt | expected | before | after | P(expected) before | after | |",
+                  "|---|---|---|---|---|---|---|"]
+        for p in loc:
+            pb = "" if p["p_before"] is None else f"{p['p_before']:.3g}"
+            pa = "" if p["p_after"] is None else f"{p['p_after']:.3g}"
+            lines.append(f"| {cell(p['prompt'])} | {cell(p['answer']) or '-'} | {cell(p['before'] or '')} | "
+                         f"{cell(p['after'] or '')} | {pb} | {pa} | {'CHANGED' if p['changed'] else 'same'} |")
     lines += ["", ("Rephrases and per-probe numbers are in `edits.json`. Load with "
                    "`AutoModelForCausalLM.from_pretrained(<this dir>)`."), ""]
     return "\n".join(lines)
@@ -323,6 +420,7 @@ class BoundEditor:
         data = self.run_config.get("data") or {}
         self.instruction_setting: str = data.get("instruction_setting", "")
         self.instruction_set: str = data.get("instruction_set", "")
+        self.resolved: Resolved | None = None  # how load_editor found the checkpoint
 
     @property
     def model(self) -> torch.nn.Module:
@@ -431,6 +529,22 @@ class BoundEditor:
                 else:
                     p.top_before = self.next_tokens(p.text, top_k)
 
+    def _measure_locality(self, probes: list[LocalityProbe], after: bool, max_new_tokens: int) -> None:
+        known = [p for p in probes if p.answer.strip()]
+        probs = self.target_probs([p.prompt for p in known], [p.answer for p in known]) if known else []
+        for p, tp in zip(known, probs):
+            joint = float(torch.tensor(tp, dtype=torch.float64).prod())
+            if after:
+                p.p_after = joint
+            else:
+                p.p_before = joint
+        for p in probes:
+            text = self.continuation(p.prompt, max_new_tokens)
+            if after:
+                p.after = text
+            else:
+                p.before = text
+
     # ------------------------------------------------------------------------- editing
     def prepare(self, requests: Iterable[EditRequest] | EditRequest
                 ) -> list[tuple[EditRequest, EditRecord, str]]:
@@ -444,12 +558,15 @@ class BoundEditor:
         return [(r, *self.resolve(r, i)) for i, r in enumerate(reqs)]
 
     def edit(self, requests: Iterable[EditRequest] | EditRequest, *, max_new_tokens: int = 0,
-             top_k: int = 0) -> EditResult:
+             top_k: int = 0, locality: Iterable[LocalityProbe] | None = None,
+             locality_tokens: int = 8) -> EditResult:
         """Compute one edit per request (independently, from the unedited model), sum them into
         the model's weights in place, and measure P(target) before and after on the edit input,
         the plain prompt and each rephrase. max_new_tokens > 0 adds greedy continuations of the
         prompt and rephrases; top_k > 0 the top next tokens. Every request is checked first:
-        a bad one raises RequestError and leaves the model untouched."""
+        a bad one raises RequestError and leaves the model untouched. `locality`: unrelated prompts
+        (see locality_probes) whose greedy answers, `locality_tokens` long, are compared before and
+        after; a changed one is flagged in the result, its manifest and the model card."""
         resolved = self.prepare(requests)
         records = [rec for _, rec, _ in resolved]
         infos = []
@@ -458,7 +575,9 @@ class BoundEditor:
             probes.append(ProbeResult("prompt", rec.prompt, 0.0))
             probes += [ProbeResult("rephrase", r, 0.0) for r in rec.rephrase_prompts]
             infos.append(RequestInfo(req, rec.instruction_id, rec.instruction, rec.edit_input, 0.0, probes, note))
+        loc = [dataclasses.replace(p) for p in (locality or [])]  # fresh copies: the results go in them
         self._measure(infos, after=False, max_new_tokens=max_new_tokens, top_k=top_k)
+        self._measure_locality(loc, after=False, max_new_tokens=locality_tokens)
         batch = edit_batch(records, self.tokenizer, self.max_length).to(self.device)
         with torch.no_grad():  # edit_gradients enables grad itself; the transform needs no graph
             edits, einfo = self.mend.edit(batch)
@@ -467,24 +586,14 @@ class BoundEditor:
         handle = self.mend.apply(edits)
         try:
             self._measure(infos, after=True, max_new_tokens=max_new_tokens, top_k=top_k)
+            self._measure_locality(loc, after=True, max_new_tokens=locality_tokens)
         except BaseException:
             handle.revert()
             raise
-        return EditResult(self, infos, edits, handle)
+        return EditResult(self, infos, edits, handle, loc)
 
 
 # ----------------------------------------------------------------------------------------- load
-def _find_in_dir(d: Path) -> Path:
-    for cand in (d / "editor.pt", d / "best" / "editor.pt", d / "checkpoint" / "best" / "editor.pt",
-                 d / "checkpoint" / "editor.pt"):
-        if cand.exists():
-            return cand
-    found = sorted(d.rglob("editor.pt"))
-    if not found:
-        raise FileNotFoundError(f"no editor.pt under {d}")
-    return found[-1]  # step-NNNNNN dirs sort by step: the latest
-
-
 def _download_run_checkpoint(run_id: str, tracking_uri: str | None) -> Path:
     """The run's `checkpoint` artifact, downloaded once into the cache (runs are immutable)."""
     from . import tracking
@@ -499,25 +608,21 @@ def _download_run_checkpoint(run_id: str, tracking_uri: str | None) -> Path:
             if not target.exists():
                 os.replace(tmp, target)
         except Exception as e:  # noqa: BLE001 - mlflow raises its own exception types
-            raise FileNotFoundError(f"MLflow run {run_id}: cannot download its 'checkpoint' artifact: {e}") from None
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointNotFound(f"MLflow run {run_id}: cannot download its 'checkpoint' artifact from "
+                                     f"{tracking.store_label(tracking_uri)}: {msg}") from None
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-    return _find_in_dir(target)
+    # download_artifacts puts the artifact folder itself under dst: <target>/checkpoint/editor.pt.
+    return target / "checkpoint" if (target / "checkpoint").is_dir() else target
 
 
-def resolve_checkpoint(path_or_run: str | os.PathLike, tracking_uri: str | None = None) -> tuple[Path, str]:
-    """(editor.pt path, run id or "") for a checkpoint file, a directory or an MLflow run id."""
-    p = Path(path_or_run)
-    if p.is_file():
-        return p, ""
-    if p.is_dir():
-        return _find_in_dir(p), ""
-    s = str(path_or_run)
-    if _RUN_ID.match(s):
-        return _download_run_checkpoint(s, tracking_uri), s
-    raise FileNotFoundError(f"editor checkpoint not found: {s} (give an editor.pt file, a directory "
-                            "holding one, or an MLflow run id)")
+def resolve_checkpoint(path_or_run: str | os.PathLike, tracking_uri: str | None = None) -> Resolved:
+    """The editor checkpoint behind an editor.pt, a step folder, a training run folder (its best
+    checkpoint by validation) or an MLflow run id (its `checkpoint` artifact): see
+    editor/checkpoint.py. `.line()` says which and why; `.ckpt` holds its contents."""
+    return resolve(path_or_run, download=lambda rid: _download_run_checkpoint(rid, tracking_uri))
 
 
 def load_editor(path_or_run: str | os.PathLike, model: LoadedModel | str | torch.nn.Module | None = None, *,
@@ -525,13 +630,14 @@ def load_editor(path_or_run: str | os.PathLike, model: LoadedModel | str | torch
                 instruction_seed: int | None = None, max_length: int = 256) -> BoundEditor:
     """A trained editor bound to its base model.
 
-    path_or_run: an editor.pt, a directory holding one (a training output dir: best/editor.pt),
-    or an MLflow run id (its `checkpoint` artifact). model: None = build the checkpoint's model
+    path_or_run: an editor.pt, a step folder, a training run folder (its best checkpoint by
+    validation, via best.json) or an MLflow run id (its `checkpoint` artifact); the returned
+    editor's `.resolved.line()` says which checkpoint was taken. model: None = build the checkpoint's model
     from the registry; a registry name; a LoadedModel; or a Hugging Face model (with `tokenizer=`,
     described by the checkpoint's model config). Raises CheckpointMismatch if the model is not
     the one the editor was trained for."""
-    ckpt_path, run_id = resolve_checkpoint(path_or_run, tracking_uri)
-    ckpt = load_checkpoint_file(ckpt_path)
+    found = resolve_checkpoint(path_or_run, tracking_uri)
+    ckpt_path, run_id, ckpt = found.path, found.run_id, found.ckpt
     loaded: LoadedModel | None
     if model is None or isinstance(model, LoadedModel):
         loaded = model
@@ -556,4 +662,6 @@ def load_editor(path_or_run: str | os.PathLike, model: LoadedModel | str | torch
     except (KeyError, RuntimeError) as e:  # a model of another shape: missing modules, size mismatch
         raise CheckpointMismatch(f"{ckpt_path}: editor trained for {ckpt['model_name']!r} does not fit "
                                  f"model {loaded.config.name if loaded else ckpt['model_name']!r}: {e}") from None
-    return BoundEditor(mend, ckpt, str(ckpt_path), run_id, instruction_seed, max_length)
+    bound = BoundEditor(mend, ckpt, str(ckpt_path), run_id, instruction_seed, max_length)
+    bound.resolved = found
+    return bound

@@ -50,7 +50,7 @@ def test_edit_compare_and_save(ckpt, tmp_path, capsys):
     out = tmp_path / "edited"
     rc = main(["edit", "--editor", str(ckpt), "--prompt", "The color of vbz is", "--target", "gold",
                "--task", "counterfact", "--rephrase", "The metal of vbz is", "--compare",
-               "--max-new-tokens", "6", "--save", str(out)])
+               "--locality", "The color of vbz is", "--max-new-tokens", "6", "--save", str(out)])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     text = cap.out
@@ -59,6 +59,12 @@ def test_edit_compare_and_save(ckpt, tmp_path, capsys):
     assert text.count("P(target)") == 2 and text.count("next before:") == 2
     card = (out / "MODEL_CARD.md").read_text()
     assert "The color of vbz is" in card and "gold" in card
+    # --compare checks unrelated prompts: the built-in facts, and the --locality one, which is the
+    # edited prompt itself and so must come out CHANGED (the flag works), in the transcript and the card.
+    assert "=== locality: 12 unrelated prompt(s) (built-in facts, command line);" in text
+    assert "The capital of France is" in text and "[CHANGED] The color of vbz is" in text
+    assert "## Unrelated prompts (locality check)" in card and "| CHANGED |" in card
+    assert "editor: step 60, val/score " in cap.err  # a file is taken as given
     edits = json.loads((out / "edits.json").read_text())
     assert edits["edits"][0]["rephrases"] == ["The metal of vbz is"]
     prompt = next(p for p in edits["edits"][0]["probes"] if p["kind"] == "prompt")

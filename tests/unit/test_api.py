@@ -137,6 +137,42 @@ def test_failed_save_leaves_nothing(editor, tmp_path, monkeypatch):
         result.save(tmp_path / "edited")
 
 
+def test_locality_check_flags_a_changed_answer(editor, tmp_path):
+    from instructedit.api import first_answer, locality_facts, locality_probes
+
+    facts = locality_facts()
+    assert len(facts) >= 10 and all(f.prompt and f.answer for f in facts)
+    assert first_answer(" Paris. It is big") == "paris" == first_answer("\n Paris, France")
+    # A request's own locality prompts replace the built-in facts; --locality prompts come on top.
+    own = locality_probes([EditRequest("A is", "b", locality=["X is", {"prompt": "Y is", "answer": "z"}])], ["Q is"])
+    assert [(p.prompt, p.answer, p.source) for p in own] == [
+        ("X is", "", "request 1"), ("Y is", "z", "request 1"), ("Q is", "", "command line")]
+    with pytest.raises(RequestError, match="locality"):
+        EditRequest("A is", "b", locality="X is").validate()
+
+    # The edited prompt itself, given as a locality prompt, must come out CHANGED; the facts run too.
+    req = EditRequest("The color of vbz is", "gold")
+    probes = locality_probes([req], [req.prompt])
+    assert probes[0].source == "built-in facts" and probes[-1].source == "command line"
+    before = logits(editor)
+    result = editor.edit([req], locality=probes, locality_tokens=4)
+    try:
+        assert len(result.locality) == len(facts) + 1
+        assert all(p.before is not None and p.after is not None for p in result.locality)
+        assert all(p.p_before is not None and p.p_after is not None for p in result.locality[:-1])
+        assert result.locality[-1].changed and result.locality[-1] in result.changed
+        out = result.save(tmp_path / "edited")
+    finally:
+        result.revert()
+    assert torch.equal(logits(editor), before)
+    assert probes[-1].after is None  # the caller's probes are not written into
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Unrelated prompts (locality check)" in card and "The capital of France is" in card
+    assert "| CHANGED |" in card
+    manifest = json.loads((out / "edits.json").read_text())
+    assert manifest["locality"][-1]["changed"] is True and manifest["locality"][0]["answer"] == facts[0].answer
+
+
 # ------------------------------------------------------------------------------- instructions
 def test_instruction_selection(editor, monkeypatch):
     from instructedit.config import load_task
@@ -224,12 +260,15 @@ def test_load_from_directory_and_mlflow_run(ckpt, tracking_uri, tmp_path, monkey
 
     monkeypatch.setenv("INSTRUCTEDIT_CACHE", str(tmp_path / "cache"))
 
-    assert load_editor(ckpt.parent.parent).checkpoint == str(ckpt)  # training output dir -> best/
+    run_dir = ckpt.parent.parent  # training output dir -> its best step (best.json)
+    assert load_editor(run_dir).checkpoint == str(ckpt) and ckpt.parent.name == "step-000060"
+    assert load_editor(run_dir).resolved.line().startswith("best: step 60, val/score ")
     with tracking.run("api-test", "edit") as rid:
-        tracking.log_artifact(ckpt, "checkpoint/best")
+        tracking.log_artifact(ckpt, "checkpoint")  # what train_run logs
     ed = load_editor(rid)
     assert ed.run_id == rid and ed.model_name == "tiny-llama"
-    assert ed.checkpoint.startswith(str(tmp_path / "cache" / "editors" / rid)) and ed.checkpoint.endswith("best/editor.pt")
+    assert ed.checkpoint == str(tmp_path / "cache" / "editors" / rid / "checkpoint" / "editor.pt")
+    assert ed.resolved.line().startswith("best: step 60, val/score ") and rid in ed.resolved.line()
     assert load_editor(rid).checkpoint == ed.checkpoint  # cached: no second download
     with pytest.raises(FileNotFoundError, match="cannot download"):
         load_editor("0" * 32)

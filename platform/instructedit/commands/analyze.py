@@ -16,29 +16,37 @@ def add_arguments(p) -> None:
         "components, plot them coloured by task",
     )
     g.add_argument("--editor", action="append", required=True, metavar="[LABEL=]CKPT",
-                   help="editor checkpoint (repeatable: single-task, multi-task, InstructEdit editors)")
+                   help="editor: an editor.pt, a step folder, a training run folder (its best checkpoint) or "
+                   "an MLflow run id (repeatable: single-task, multi-task, InstructEdit editors)")
     g.add_argument("--records", default="prepared",
                    help="prepared parquet (file or folder) written by `instructedit prepare`")
     g.add_argument("--tasks", nargs="+", default=None, help="tasks to edit (default: all in --records)")
     g.add_argument("--n", type=int, default=50, help="edits per task")
-    g.add_argument("--split", default="test")
+    g.add_argument("--split", default="test", choices=("train", "val", "test"), help="which split's records")
     g.add_argument("--seed", type=int, default=0, help="which records are picked")
     g.add_argument("--components", type=int, default=10, help="principal components to keep and plot")
     g.add_argument("--out", required=True, help="output folder: gradients.npz, gradient_pca.png, summary")
     g.add_argument("--experiment", default=None,
                    help="also log the outputs to a new MLflow run (kind=report, report=gradients) here; "
                    "`instructedit report` then includes the figure")
-    g.add_argument("--tracking-uri", default=None)
+    g.add_argument("--tracking-uri", default=None, help="MLflow store for run ids and --experiment (default: "
+                   "$MLFLOW_TRACKING_URI, else the project's store)")
 
 
 def parse_editor(spec: str) -> tuple[str, str]:
-    """`LABEL=PATH` or `PATH` (label: the checkpoint folder's name, or its parent's if it is `checkpoint`)."""
+    """`LABEL=CKPT` or `CKPT` (label: the run folder's name for a run folder, a step folder or an
+    editor.pt inside one; otherwise the folder's or file's own name)."""
+    from instructedit.editor.checkpoint import EDITOR_FILE, step_of
+
     if "=" in spec and not Path(spec).exists():
         label, path = spec.split("=", 1)
         return label, path
     p = Path(spec)
-    name = p.name if p.name not in {"checkpoint", "best", ""} else p.parent.name
-    return name or spec, spec
+    if p.name == EDITOR_FILE:
+        p = p.parent
+    if step_of(p) is not None or p.name == "checkpoint":
+        p = p.parent
+    return p.name or spec, spec
 
 
 def _collector():
@@ -50,7 +58,8 @@ def _collector():
 
 def run(args) -> int:
     if args.analysis != "gradients":
-        raise SystemExit(f"unknown analysis {args.analysis!r}")
+        print(f"instructedit analyze: unknown analysis {args.analysis!r}", file=sys.stderr)
+        return 2
     import numpy as np
 
     from analysis import gradients as G
@@ -62,6 +71,14 @@ def run(args) -> int:
         print(f"instructedit analyze gradients: {e} (write them with `instructedit prepare`, or pass "
               "--records)", file=sys.stderr)
         return 2
+    from instructedit.api import resolve_checkpoint
+
+    # Every editor resolved (and read) before the long collection starts: a bad one fails fast.
+    resolved = {}
+    for label, spec in editors.items():
+        resolved[label] = resolve_checkpoint(spec, args.tracking_uri)
+        print(f"{label}: {resolved[label].line()}", file=sys.stderr)
+    editors = {label: str(r.path) for label, r in resolved.items()}
     collect = _collector()
     groups = {}
     for label, ckpt in editors.items():
@@ -103,5 +120,5 @@ def write_outputs(groups, out: Path, components: int = 10, experiment: str | Non
             for f in (npz, png, out / "gradients_summary.json"):
                 if f is not None:
                     tracking.log_artifact(f, run_id=rid)
-        print(f"logged to MLflow run {rid}")
+        print(f"logged to {tracking.logged_to(rid, tracking_uri, experiment)}")
     return 0

@@ -100,13 +100,21 @@ def safe_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        why = f"it asks to build {m.group(1)}" if m else str(e).splitlines()[0][:160]
-        raise CheckpointError(f"{p}: refused to load: {why}, which no instructedit {what} holds "
-                              "(a foreign or tampered file; nothing from it was run)") from None
-    except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        hint = "truncated or not a torch file" if isinstance(e, (EOFError, RuntimeError)) else "unreadable"
-        raise CheckpointError(f"{p}: {hint} ({text[:160]})") from None
+        if m:
+            raise CheckpointError(f"{p}: refused to load: it asks to build {m.group(1)}, which no instructedit "
+                                  f"{what} holds (a foreign or tampered file; nothing from it was run)") from None
+        why = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
+        raise CheckpointError(f"{p}: truncated or not a torch file "
+                              f"({why.group(1).strip() if why else _first_line(e)})") from None
+    except PermissionError as e:
+        raise CheckpointError(f"{p}: cannot read: {e.strerror or e}") from None
+    except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{p}: truncated or not a torch file ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 def check_editor_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict:
@@ -271,6 +279,6 @@ def resolve(spec: str | os.PathLike, download: Callable[[str], Path] | None = No
         folder = Path(download(s))
         r = resolve(folder)
         return Resolved(r.path, r.ckpt, "mlflow", run_id=s, metric=r.metric)
-    raise CheckpointNotFound(f"{s}: no such file or folder, and not an MLflow run id (give an {EDITOR_FILE}, a step "
-                          "folder, a training run folder or a run id)")
+    raise CheckpointNotFound(f"{s}: not found: no such file or folder, and not an MLflow run id (give an "
+                             f"{EDITOR_FILE}, a step folder, a training run folder or a run id)")
 
