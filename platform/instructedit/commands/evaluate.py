@@ -17,14 +17,15 @@ DEFAULT_TASKS = ("counterfact", "recent", "convsent", "zsre")
 
 def add_arguments(p) -> None:
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--editor", metavar="CKPT", help="editor checkpoint (editor.pt or its folder)")
+    what.add_argument("--editor", metavar="CKPT", help="editor checkpoint: an editor.pt, a step folder, or a "
+                      "training run folder (its best checkpoint by validation)")
     what.add_argument("--run", metavar="RUN_ID", help="MLflow training run whose checkpoint/ artifact to evaluate "
                       "(results are logged to that run)")
     what.add_argument("--baseline", choices=["pre-edit", "ft-l"], help="evaluate a baseline instead of an editor")
     p.add_argument("--model", default="smollm2-135m", help="base model of a baseline (models registry name)")
     p.add_argument("--tasks", nargs="+", default=None,
                    help="tasks (space or comma separated; default: the editor's tasks + hold-out, or all)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split's records")
     p.add_argument("--instructions", default=None, metavar="SETTING",
                    help="seen | unseen | id:<instruction id> | none: the instruction of the *_instructed probe "
                    "columns, for every method alike, and the edit input of instruction-trained editors "
@@ -49,8 +50,8 @@ def add_arguments(p) -> None:
     p.add_argument("--ftl-steps", type=int, default=10, help="FT-L gradient steps per edit")
     p.add_argument("--ftl-lr", type=float, default=1e-2, help="FT-L step size")
     p.add_argument("--ftl-norm-bound", type=float, default=1.0, help="FT-L max Frobenius norm per edit and weight")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite "
-                   "under ./mlruns)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else the "
+                   "project's sqlite store <checkout>/mlruns/mlflow.db)")
     p.add_argument("--experiment", default=None, help="experiment of a new eval run (default: the editor's, "
                    "else instructedit)")
     p.add_argument("--new-run", action="store_true", help="log to a new eval run even with --run")
@@ -135,7 +136,7 @@ def run(args) -> int:
         f"{len(records)} records, device {device}")
 
     if args.sequential:
-        return _sequential(args, target, records, setting, out, tags, editor_run, info, say)
+        return _sequential(args, target, records, setting, out, tags, editor_run, info, say, instructed_edit)
 
     from ..evaluate.core import EvalOptions
 
@@ -196,7 +197,7 @@ def _print_summary(summary: dict, split: str) -> None:
         print(f"{split}/{task}: " + "  ".join(cells))
 
 
-def _sequential(args, target, records, setting, out, tags, editor_run, info, say) -> int:
+def _sequential(args, target, records, setting, out, tags, editor_run, info, say, instructed_edit: bool) -> int:
     import csv
 
     from ..data.instructions import retag
@@ -205,7 +206,8 @@ def _sequential(args, target, records, setting, out, tags, editor_run, info, say
 
     records = retag(records, setting, args.seed)[: args.sequential]
     editor, make = runner.build(target)
-    rows = evaluate_sequential(editor, records, make, None, args.max_length, progress=not args.quiet)
+    rows = evaluate_sequential(editor, records, make, None, args.max_length, progress=not args.quiet,
+                               instructed_edit=instructed_edit)
     out.mkdir(parents=True, exist_ok=True)
     cols = ["k"] + sorted({c for r in rows for c in r} - {"k"})
     with open(out / "sequential.csv", "w", newline="") as f:

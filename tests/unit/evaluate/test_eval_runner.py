@@ -239,7 +239,7 @@ def test_compare_table_from_eval_dirs(tmp_path):
     assert [t for t, _ in table.values.columns][-1] == "zsre"  # hold-out last
     assert table.values.loc["InstructEdit", ("counterfact", "reliability")] == 0.9
     paths = write_table(table, tmp_path / "out")
-    assert "**90.00**" in paths["md"].read_text() and paths["csv"].exists()
+    assert "**90**" in paths["md"].read_text() and paths["csv"].exists()  # rounded to what n supports
 
 
 def test_length_chunks_change_nothing(tiny_editor, records):
