@@ -163,3 +163,58 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.setattr(corpora, "_repo_root", lambda: tmp_path / "a" / "b")
     with pytest.raises(CorpusNotFoundError, match="zjunlp/KnowEdit"):
         resolve_data_dir()
+
+
+def test_retag_gives_the_tags_preparation_gives(tmp_path):
+    from instructedit.data.instructions import retag
+
+    task = _task(tmp_path, [_cf(i) for i in range(120)])
+    cfg = load_run_config(None).data
+    seen = build_task(task, tmp_path, cfg)
+    for setting, seed in (("unseen", 0), ("seen", 5), ("none", 0), (f"id:{task.instructions[1].id}", 0)):
+        want = build_task(task, tmp_path, replace(cfg, instruction_setting=setting, seed=seed))
+        for split, recs in seen.splits.items():
+            assert retag(recs, setting, seed) == want.splits[split], (setting, split)
+    with pytest.raises(ConfigError, match="instruction setting"):
+        retag([], "sometimes")
+
+
+def test_task_config_is_parsed_once_per_file_version(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from instructedit import config
+    from instructedit.data.instructions import task_config
+
+    shutil.copytree(config.CONFIG_DIR / "tasks", tmp_path / "tasks")
+    monkeypatch.setattr(config, "CONFIG_DIR", tmp_path)
+    first = task_config("recent")
+    assert task_config("recent") is first and first == load_task("recent")
+    p = tmp_path / "tasks" / "recent.yaml"
+    p.write_text(p.read_text().replace("display_name: Recent", "display_name: Edited Recent", 1))
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new version even on a coarse clock
+    assert task_config("recent").display_name.startswith("Edited") and task_config("recent") != first
+    with pytest.raises(ConfigError, match="unknown task"):
+        task_config("no-such-task")
+
+
+def test_request_instruction_follows_the_training_setting(monkeypatch, tmp_path):
+    from instructedit.config import Instruction
+    from instructedit.data.instructions import choose_instruction, request_instruction
+
+    pool = (Instruction("a", "A"), Instruction("b", "B"), Instruction("c", "C"), Instruction("u", "U", unseen=True))
+    task = replace(load_task("recent"), instructions=pool)
+    assert request_instruction(task, "none", "k")[0] is None
+    assert request_instruction(task, "seen", "k") == (pool[0], "")  # no seed: the first seen one
+    assert request_instruction(task, "unseen", "k")[0] == pool[0]  # never an instruction held out of training
+    assert request_instruction(task, "id:c", "k")[0] == pool[2]
+    assert request_instruction(task, "id:gone", "k")[0] == pool[0]
+    picked = {request_instruction(task, "seen", f"k{i}", seed=3)[0] for i in range(40)}
+    assert picked == set(pool[:3])
+    assert request_instruction(task, "seen", "k7", seed=3)[0] == choose_instruction(task, "seen", 3, "k7", pool)
+    monkeypatch.setenv("INSTRUCTEDIT_INSTRUCTION_SETS", str(tmp_path))
+    ins, note = request_instruction(task, "seen", "k", instruction_set="missing")
+    assert ins == pool[0] and "unavailable" in note and "task pool" in note
+    with pytest.raises(ConfigError, match="no seen instructions"):
+        request_instruction(replace(task, instructions=pool[3:]), "seen", "k")
