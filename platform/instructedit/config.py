@@ -326,7 +326,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {path}") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        # One line naming the file and the line: "run.yaml:3: not valid YAML (expected ',' or ']' ...)".
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{where}: not valid YAML ({what})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

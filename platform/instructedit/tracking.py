@@ -1,13 +1,21 @@
 """MLflow tracking. The only module that imports mlflow.
 
-Default store: a sqlite file under ./mlruns in the working directory (MLflow 3 refuses the plain
-folder store). `MLFLOW_TRACKING_URI` or an explicit uri (e.g. an http:// server on a cluster)
-overrides. Secrets never reach params, tags or logged text: `redact` strips them.
+Default store: the project's, `<home>/mlruns/mlflow.db` (sqlite; MLflow 3 refuses the plain folder
+store), where <home> is $INSTRUCTEDIT_HOME, else the checkout this package runs from, else
+~/.instructedit: the same store whatever the working directory. `MLFLOW_TRACKING_URI` or an
+explicit uri (e.g. an http:// server on a cluster) overrides. Secrets never reach params, tags or
+logged text: `redact` strips them.
+
+Experiments are created as classic ML experiments (tag mlflow.experimentKind), and links carry
+`workflowType=machine_learning`: MLflow 3's UI otherwise opens them on its GenAI overview. A
+training run records its editor as a LoggedModel output, which is how MLflow 3 tells training runs
+from evaluation runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import re
@@ -27,9 +35,25 @@ _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorizati
 _SECRET_VALUE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+\S+)")
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's "Machine learning" experiment type
+UI_VIEW = "workflowType=machine_learning"
+
+
+def project_home() -> Path:
+    """Where the project's default store lives: $INSTRUCTEDIT_HOME, else the checkout root (the
+    folder with pyproject.toml above platform/instructedit), else ~/.instructedit."""
+    env = os.environ.get("INSTRUCTEDIT_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").exists():
+        return checkout
+    return Path.home() / ".instructedit"
+
+
 def default_tracking_uri() -> str:
-    root = Path.cwd() / "mlruns"
-    return f"sqlite:///{root / 'mlflow.db'}"
+    return f"sqlite:///{project_home() / 'mlruns' / 'mlflow.db'}"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -43,6 +67,60 @@ def configure(uri: str | None = None) -> str:
     uri = resolve_tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def store_label(uri: str | None = None) -> str:
+    """The store a run goes to, for "logged to ..." lines (secrets masked)."""
+    return redact_text(resolve_tracking_uri(uri))
+
+
+def logged_to(run_id: str, tracking_uri: str | None = None, experiment: str | None = None) -> str:
+    """`run <id> (experiment 'x', store sqlite:///...)`: what every "logged to" line says."""
+    exp = f"experiment {experiment!r}, " if experiment else ""
+    return f"run {run_id} ({exp}store {store_label(tracking_uri)})"
+
+
+def set_experiment(name: str):
+    """The experiment `name` (created if new), tagged as a classic ML experiment unless it says
+    otherwise (a kind chosen in the UI is kept)."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            client.create_experiment(name, artifact_location=_artifact_location(name),
+                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+            pass
+    exp = mlflow.set_experiment(name)
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp
+
+
+def _artifact_location(experiment: str) -> str | None:
+    """Artifacts of a new experiment in a sqlite store go beside the database: MLflow would put
+    them under ./mlruns of whatever directory the process happens to run in."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None  # a server or another store decides itself
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-")[:60] or "experiment"
+    digest = hashlib.sha256(experiment.encode()).hexdigest()[:8]
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts" / f"{slug}-{digest}").as_uri()
+
+
+def log_model_output(run_id: str, name: str, step: int = 0, params: dict[str, Any] | None = None,
+                     tags: dict[str, str] | None = None) -> str:
+    """Record a model trained by `run_id` as its LoggedModel output (weights stay in the run's
+    artifacts): MLflow 3 files runs without a model output under "Evaluation runs"."""
+    from mlflow.entities import LoggedModelOutput
+
+    run = MlflowClient().get_run(run_id)
+    model = mlflow.create_external_model(
+        name=name, source_run_id=run_id, experiment_id=run.info.experiment_id, model_type="instructedit-editor",
+        params={k: ("" if v is None else str(v))[:6000] for k, v in redact(params or {}).items()} or None,
+        tags=redact(tags or {}) or None)
+    MlflowClient().log_outputs(run_id, [LoggedModelOutput(model_id=model.model_id, step=step)])
+    return model.model_id
 
 
 def redact_text(text: str) -> str:
@@ -87,8 +165,12 @@ def run(
 ) -> Iterator[str]:
     """Start (or resume, with run_id) a run; yields its id. Ends FAILED if the body raises."""
     configure(tracking_uri)
-    mlflow.set_experiment(experiment)
+    set_experiment(experiment)
     all_tags = {"git_commit": git_commit(), **(tags or {})}
+    if run_id is None:  # a resumed run keeps the command that started it
+        from .provenance import command_line
+
+        all_tags.setdefault("command", command_line())
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     active = mlflow.start_run(
@@ -212,7 +294,16 @@ def list_artifacts(run_id: str, path: str = "", tracking_uri: str | None = None)
 
 def run_url(run_id: str, experiment_id: str | None = None, ui: str = "http://127.0.0.1:5000") -> str:
     exp = experiment_id or get_run(run_id).info.experiment_id
-    return f"{ui}/#/experiments/{exp}/runs/{run_id}"
+    return f"{ui}/#/experiments/{exp}/runs/{run_id}?{UI_VIEW}"
+
+
+def experiment_url(experiment: str, ui: str = "http://127.0.0.1:5000", tracking_uri: str | None = None) -> str:
+    """The experiment's runs view (not MLflow 3's GenAI overview); the experiments list if unknown."""
+    configure(tracking_uri)
+    exp = MlflowClient().get_experiment_by_name(experiment)
+    if exp is None:
+        return f"{ui}/#/experiments?{UI_VIEW}"
+    return f"{ui}/#/experiments/{exp.experiment_id}/runs?{UI_VIEW}"
 
 
 def ui_command(tracking_uri: str | None = None, port: int = 5000) -> list[str]:

@@ -55,7 +55,8 @@ def test_edit_compare_and_save(ckpt, tmp_path, capsys):
     assert rc == 0, cap.err
     text = cap.out
     assert "=== edit 1/1: The color of vbz is -> 'gold'" in text
-    assert text.count("\n    before: ") == 2 and text.count("\n    after:  ") == 2  # prompt + rephrase
+    edit_part = text.split("=== locality")[0]
+    assert edit_part.count("\n    before: ") == 2 and edit_part.count("\n    after:  ") == 2  # prompt + rephrase
     assert text.count("P(target)") == 2 and text.count("next before:") == 2
     card = (out / "MODEL_CARD.md").read_text()
     assert "The color of vbz is" in card and "gold" in card

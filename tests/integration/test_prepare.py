@@ -102,21 +102,21 @@ def test_failed_run_leaves_nothing_and_keeps_old_output(broken_data, tmp_path, r
     out = tmp_path / "out"
     rc = main(["prepare", "--out", str(out), "--data-dir", str(broken_data), "--tasks", "recent",
                "--on-error", "raise", "--quiet"])
-    assert rc == 1
+    assert rc == 2  # a bad record is bad input
     err = capsys.readouterr().err
     assert "recent_train.json: record 5: field 'target_new': empty target" in err
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["data"]
     out.mkdir()
     (out / "keep.txt").write_text("old")
     assert main(["prepare", "--out", str(out), "--data-dir", str(broken_data), "--tasks", "recent",
-                 "--on-error", "raise", "--quiet"]) == 1
+                 "--on-error", "raise", "--quiet"]) == 2
     assert (out / "keep.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
 
 
 def test_bad_task_and_missing_data(tmp_path, capsys):
     assert main(["prepare", "--out", str(tmp_path / "o"), "--tasks", "nosuch"]) == 2
     assert "unknown task 'nosuch'" in capsys.readouterr().err
-    assert main(["prepare", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "none")]) == 1
+    assert main(["prepare", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "none")]) == 2
     assert "KnowEdit" in capsys.readouterr().err
     assert main(["prepare", "--out", str(tmp_path / "o"), "--instructions", "id:cf-99", "--tasks", "counterfact"]) == 2
     assert "unknown instruction id 'cf-99'" in capsys.readouterr().err

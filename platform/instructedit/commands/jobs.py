@@ -19,7 +19,8 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("list", "status", "logs", "stop"))
+    p.add_argument("action", choices=("list", "status", "logs", "stop"),
+                   help="list the jobs, or a job's status, logs, or stop it")
     p.add_argument("job_id", nargs="?", metavar="ID", help="job (submission) id; not for list")
     p.add_argument("--address", help="the cluster's dashboard, http://HEAD:8265")
     p.add_argument("--token-file", help="file holding the Ray auth token")

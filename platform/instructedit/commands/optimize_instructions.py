@@ -24,7 +24,8 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="task name (configs/tasks/<task>.yaml)")
     w = p.add_argument_group("writer")
-    w.add_argument("--backend", choices=BACKENDS, default="local")
+    w.add_argument("--backend", choices=BACKENDS, default="local",
+                   help="who writes: an OpenAI-compatible server, or a local registry chat model (offline)")
     w.add_argument("--model", help="openai: served model name ($OPENAI_MODEL, gpt-4o-mini); "
                                    "local: registry model (smollm2-135m)")
     w.add_argument("--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1 ($OPENAI_BASE_URL)")
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--rounds", type=int, default=5, help="round budget")
     o.add_argument("--candidates", type=int, default=4, help="new candidates per round")
     o.add_argument("--patience", type=int, default=2, help="stop after P rounds without a better best")
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--seed", type=int, default=0, help="seed of sampling, subsets and trial editors")
     o.add_argument("--keep", type=int, default=0, help="instructions saved (0 = the task's seen pool size)")
     o.add_argument("--slot-policy", choices=("repair", "reject"), default="repair",
                    help="candidates missing the task's slots ([LABEL], [TOPIC]) are repaired or rejected")
@@ -51,16 +52,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="trial: a short editor training + validation; length: a cheap stand-in (dry runs)")
     s.add_argument("--trial-config", help="run YAML the trial editor starts from (model, editor, data)")
     s.add_argument("--trial-model", help="model of the trial editor (default: the run config's)")
-    s.add_argument("--trial-steps", type=int, default=30)
+    s.add_argument("--trial-steps", type=int, default=30, help="training steps of one trial editor")
     s.add_argument("--trial-records", type=int, default=32, help="training records per trial")
-    s.add_argument("--trial-val-records", type=int, default=16)
-    s.add_argument("--trial-batch-size", type=int, default=4)
+    s.add_argument("--trial-val-records", type=int, default=16, help="validation records per trial")
+    s.add_argument("--trial-batch-size", type=int, default=4, help="batch size of a trial editor's training")
     s.add_argument("--trial-cpus", type=float, default=1, help="CPUs per trial (Ray resources)")
     s.add_argument("--trial-gpus", type=float, default=0, help="GPUs per trial (Ray resources)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override of the trial run config, e.g. data.prepared_dir=prepared (repeatable)")
     p.add_argument("--experiment", default="instructedit", help="MLflow experiment")
-    p.add_argument("--tracking-uri", default="", help="MLflow store ($MLFLOW_TRACKING_URI, ./mlruns)")
+    p.add_argument("--tracking-uri", default="", help="MLflow store ($MLFLOW_TRACKING_URI, else the project's "
+                   "sqlite store <checkout>/mlruns/mlflow.db)")
     p.add_argument("--quiet", action="store_true", help="only the final summary")
 
 
@@ -97,6 +99,7 @@ def _writer(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import tracking
     from ..config import load_task
     from ..instructions.optimizer import OptimizeConfig, OptimizeError, optimize
     from ..instructions.writer import WriterError
@@ -112,7 +115,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         writer = _writer(args)
         result = optimize(task, writer, _scorer(args), cfg, progress=progress)
-    except (WriterError, OptimizeError, ValueError) as e:
+    except ValueError as e:  # bad settings, found before or while starting
+        print(f"instructedit optimize-instructions: error: {e}", file=sys.stderr)
+        return 2
+    except (WriterError, OptimizeError) as e:  # the writer or the search failed: a failed run
         print(f"instructedit optimize-instructions: {e}", file=sys.stderr)
         return 1
     print(f"\n{'round':>5} {'new':>4} {'round best':>10} {'best so far':>11}")
@@ -121,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         bs = f"{r.best_so_far:.4f}" if r.best_so_far is not None else "-"
         print(f"{r.round:>5} {r.new:>4} {rb:>10} {bs:>11}{'  *' if r.improved else ''}")
     print(f"stopped: {result.stopped}; LLM calls {result.llm_calls} (cached {result.llm_cache_hits}), "
-          f"trials {result.trials} (cached {result.score_cache_hits}); MLflow run {result.run_id}")
+          f"trials {result.trials} (cached {result.score_cache_hits}); logged to "
+          f"{tracking.logged_to(result.run_id, args.tracking_uri or None, args.experiment)}")
     for c in result.best:
         print(f"  {c.score:.4f}  {c.text}")
     if result.set_path:

@@ -59,12 +59,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         manifest = prepare(cfg, args.out, on_error=on_error, progress=not args.quiet, tasks=args.tasks,
                            data_dir=args.data_dir)
-    except CorpusNotFoundError as e:
-        print(f"instructedit prepare: {e}", file=sys.stderr)
-        return 1
+    except CorpusNotFoundError as e:  # bad input, like every missing file: exit 2
+        print(f"instructedit prepare: error: {e}", file=sys.stderr)
+        return 2
     except DataError as e:
         print(f"instructedit prepare: data error: {e}", file=sys.stderr)
-        return 1
+        return 2
     if args.quiet:
         t = manifest["totals"]
         print(f"{args.out}: kept {t['kept']}, rejected {t['rejected']}, balanced out {t['balanced_out']}, "

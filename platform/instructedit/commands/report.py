@@ -12,8 +12,8 @@ DESCRIPTION = (
 def add_arguments(p) -> None:
     p.add_argument("--experiment", required=True, help="MLflow experiment name")
     p.add_argument("--out", default=None, help="output folder (default: reports/<experiment>)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or "
-                   "sqlite under ./mlruns)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else the "
+                   "project's sqlite store <checkout>/mlruns/mlflow.db)")
     p.add_argument("--split", default="test", help="which evaluation split the tables and figures use")
     p.add_argument("--gradients", action="append", default=[], metavar="NPZ",
                    help="gradients.npz from `instructedit analyze gradients` (repeatable; default: the "

@@ -82,6 +82,24 @@ def split_args(tokens: list[str]) -> tuple[list[str], list[str]]:
     return mine, job
 
 
+def wants_help(tokens: list[str]) -> bool:
+    """-h/--help among submit's or the job's tokens (not after a bare `--`, which belongs to the job)."""
+    head = tokens[: tokens.index("--")] if "--" in tokens else tokens
+    return any(t in ("-h", "--help") for t in head)
+
+
+def print_help(job: str | None) -> None:
+    """submit's help, then the job's own (`instructedit JOB --help`): a help request never submits."""
+    from ..cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    subs["submit"].print_help()
+    if job in subs:
+        print(f"\nThe job's own arguments (instructedit {job}):\n")
+        subs[job].print_help()
+
+
 def _merge(args: argparse.Namespace) -> argparse.Namespace:
     from ..cluster import ClusterError
 
@@ -111,6 +129,10 @@ def _merge(args: argparse.Namespace) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     from .. import cluster
 
+    raw = list(args.job_args or [])
+    if wants_help(raw):
+        print_help(raw[0] if raw and not raw[0].startswith("-") else None)
+        return 0
     try:
         args = _merge(args)
         env = cluster.parse_env(args.env)

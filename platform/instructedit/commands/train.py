@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                    help="continue an earlier training from its last checkpoint and MLflow run: the latest "
                         "run of this config's name under the storage path, or the Ray run name RUN")
-    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite under ./mlruns)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's sqlite "
+                   "store <checkout>/mlruns/mlflow.db)")
     p.add_argument("--storage-path", help="where Ray Train keeps checkpoints (overrides train.storage_path)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. train.max_steps=100 (repeatable)")

@@ -188,6 +188,10 @@ def train_run(
         ckpt = result.best_checkpoint / EDITOR_FILE if result.best_checkpoint else None
         if ckpt is not None and ckpt.exists():
             tracking.log_artifact(ckpt, "checkpoint")
+            # MLflow 3 lists a run without a model output under "Evaluation runs": record the editor.
+            tracking.log_model_output(run_id, f"{cfg.name}-editor", step=result.best_step,
+                                      params={"checkpoint": "checkpoint/editor.pt", "mode": cfg.mode,
+                                              "model": cfg.model})
         with tempfile.TemporaryDirectory() as tmp:
             rows = val_table(run_id, list(cfg.data.tasks), result.best_step)
             if rows:
