@@ -38,13 +38,8 @@ from .data.batches import edit_batch, encode_pairs
 from .data.instructions import request_instruction, with_instruction
 from .data.record import EditRecord, Sentiment
 from .editor.checkpoint import CheckpointError, CheckpointNotFound, Resolved, resolve
-from .editor.editor import (
-    AppliedEdits,
-    CheckpointMismatch,
-    Edits,
-    MendEditor,
-    edits_digest,
-)
+from .editor.editable import AppliedEdits, Edits, edits_digest
+from .editor.mend import CheckpointMismatch, MendEditor
 from .models import LoadedModel
 
 __all__ = [

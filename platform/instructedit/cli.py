@@ -33,7 +33,7 @@ COMMANDS = [
 INPUT_ERRORS = {
     "instructedit.config": ("ConfigError",),
     "instructedit.editor.checkpoint": ("CheckpointError",),
-    "instructedit.editor.editor": ("CheckpointMismatch",),
+    "instructedit.editor.mend": ("CheckpointMismatch",),
     "instructedit.api": ("RequestError",),
     "instructedit.data.readers": ("DataError",),
     "instructedit.data.corpora": ("CorpusNotFoundError",),

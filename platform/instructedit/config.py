@@ -87,6 +87,11 @@ class ModelConfig:
     edited_weights: tuple[str, ...] = ()  # module names; "{i}" is expanded over edited_layers
     edited_layers: tuple[int, ...] = (-3, -2, -1)  # negative = from the top
     dtype: str = "float32"
+    # locate-then-edit methods (ROME, MEMIT, AlphaEdit): the MLP output projection they rewrite
+    # ("{i}" = block) and the blocks where: ROME one layer, MEMIT and AlphaEdit several
+    mlp_out: str = ""
+    rome_layer: int | None = None
+    memit_layers: tuple[int, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------- editor

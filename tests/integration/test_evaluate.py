@@ -23,7 +23,7 @@ def _one_thread():
 def test_evaluate_command(tmp_path, tracking_uri, shared_data, capsys):
     from instructedit import tracking
     from instructedit.config import EditorConfig, load_run_config, to_dict
-    from instructedit.editor.editor import MendEditor
+    from instructedit.editor.mend import MendEditor
     from instructedit.models import build_model
 
     evals = tmp_path / "evals"

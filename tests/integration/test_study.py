@@ -95,7 +95,7 @@ def test_parent_and_child_runs_carry_params_metrics_and_artifacts(smoke):
 
 
 def test_best_trial_config_and_checkpoint_can_be_fetched(smoke, tmp_path):
-    from instructedit.editor.editor import MendEditor
+    from instructedit.editor.mend import MendEditor
 
     out = smoke["out"]
     scores = {r.trial_id: r.metrics["val/score"] for r in out.trials}  # the best trial is chosen on val

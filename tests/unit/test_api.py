@@ -10,7 +10,7 @@ import pytest
 import torch
 from instructedit.api import EditRequest, RequestError, load_editor, read_requests
 from instructedit.data.record import EditRecord, Probe
-from instructedit.editor.editor import CheckpointMismatch
+from instructedit.editor.mend import CheckpointMismatch
 
 WORDS = ["red", "blue", "gold", "jade", "iron", "salt", "wolf", "bear", "oak", "elm", "sun", "ash"]
 

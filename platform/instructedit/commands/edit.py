@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         locality_probes,
         read_requests,
     )
-    from ..editor.editor import CheckpointMismatch
+    from ..editor.mend import CheckpointMismatch
 
     # Check everything cheap before loading anything.
     if args.requests and (args.prompt or args.target is not None):

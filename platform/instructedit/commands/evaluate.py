@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-HELP = "evaluate an editor or a baseline (pre-edit, FT-L): batched, resumable, logged to MLflow"
+from ..editor import methods
+
+BASELINES = methods.names(trained=False)
+HELP = f"evaluate an editor or a baseline ({', '.join(BASELINES)}): batched, resumable, logged to MLflow"
 DESCRIPTION = (
     "Evaluates an editor checkpoint (--editor), the checkpoint of an MLflow training run (--run), or a "
-    "baseline (--baseline pre-edit|ft-l on --model) on the given tasks and split, each record as an "
+    f"baseline (--baseline {'|'.join(BASELINES)} on --model) on the given tasks and split, each record as an "
     "independent edit, in batches. Per-case rows go to <out>/cases.parquet (a killed run resumes from "
     "<out>/parts/), averages to <out>/summary.csv, and both plus the test/<task>/<metric> metrics to "
     "MLflow. --sequential K applies K edits cumulatively instead. --compare-table prints and writes "
@@ -21,7 +24,8 @@ def add_arguments(p) -> None:
                       "training run folder (its best checkpoint by validation)")
     what.add_argument("--run", metavar="RUN_ID", help="MLflow training run whose checkpoint/ artifact to evaluate "
                       "(results are logged to that run)")
-    what.add_argument("--baseline", choices=["pre-edit", "ft-l"], help="evaluate a baseline instead of an editor")
+    what.add_argument("--baseline", choices=BASELINES, help="evaluate an untrained method instead of an editor "
+                      "(hyperparameters: configs/methods/<name>.yaml)")
     p.add_argument("--model", default="smollm2-135m", help="base model of a baseline (models registry name)")
     p.add_argument("--tasks", nargs="+", default=None,
                    help="tasks (space or comma separated; default: the editor's tasks + hold-out, or all)")
@@ -47,9 +51,13 @@ def add_arguments(p) -> None:
     p.add_argument("--data-dir", default="", help="corpora folder (default: $INSTRUCTEDIT_DATA or ../shared/data)")
     p.add_argument("--prepared-dir", default="", help="parquet written by `instructedit prepare`")
     p.add_argument("--seed", type=int, default=0, help="instruction tagging seed")
-    p.add_argument("--ftl-steps", type=int, default=10, help="FT-L gradient steps per edit")
-    p.add_argument("--ftl-lr", type=float, default=1e-2, help="FT-L step size")
-    p.add_argument("--ftl-norm-bound", type=float, default=1.0, help="FT-L max Frobenius norm per edit and weight")
+    p.add_argument("--ftl-steps", type=int, default=None, help="FT-L gradient steps per edit (default: ft-l.yaml)")
+    p.add_argument("--ftl-lr", type=float, default=None, help="FT-L step size (default: ft-l.yaml)")
+    p.add_argument("--ftl-norm-bound", type=float, default=None,
+                   help="FT-L max Frobenius norm per edit and weight (default: ft-l.yaml)")
+    p.add_argument("--key-stats-text", default=None, metavar="FILE",
+                   help="ROME/MEMIT/AlphaEdit: key statistics from this text file, one text per line "
+                   "(default: the corpora's train prompts and sentences; cached per model, layer and text)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else the "
                    "project's sqlite store <checkout>/mlruns/mlflow.db)")
     p.add_argument("--experiment", default=None, help="experiment of a new eval run (default: the editor's, "
@@ -114,9 +122,15 @@ def run(args) -> int:
         setting = args.instructions or (trained_with if instructed_edit else "seen")
         name = args.run or run_folder or Path(args.editor).resolve().parent.name
     else:
-        target = runner.EvalTarget(args.baseline, model=args.model, device=device,
-                                   ftl={"steps": args.ftl_steps, "lr": args.ftl_lr,
-                                        "norm_bound": args.ftl_norm_bound} if args.baseline == "ft-l" else {})
+        hparams = {k: v for k, v in (("steps", args.ftl_steps), ("lr", args.ftl_lr),
+                                      ("norm_bound", args.ftl_norm_bound)) if v is not None}
+        if args.key_stats_text:
+            if not Path(args.key_stats_text).is_file():
+                print(f"instructedit evaluate: --key-stats-text {args.key_stats_text}: no such file", file=sys.stderr)
+                return 2
+            hparams["stats"] = {"text_file": str(Path(args.key_stats_text).resolve())}
+        target = runner.EvalTarget(args.baseline, model=args.model, device=device, hparams=hparams)
+        target.hyperparameters()  # a flag the method does not take fails here, naming its YAML
         tags = {**runner.method_tags(args.baseline), "tasks": ""}
         default_tasks = list(DEFAULT_TASKS)
         instructed_edit = False  # baselines edit from the plain prompt
@@ -147,7 +161,7 @@ def run(args) -> int:
                                    workers=args.workers, seed=args.seed, progress=not args.quiet,
                                    options=options)
     _print_summary(result.summary, args.split)
-    rid = _log(args, result, tags, editor_run, info, setting, instructed_edit)
+    rid = _log(args, result, tags, editor_run, info, setting, instructed_edit, target)
     (out / "run.json").write_text(json.dumps({"run_id": rid or "", "tags": tags}, indent=1))
     print(f"cases:   {result.cases_path}\nsummary: {result.summary_json_path}")
     if args.compare_table:
@@ -155,7 +169,7 @@ def run(args) -> int:
     return 0
 
 
-def _log(args, result, tags, editor_run, info, setting, instructed_edit: bool) -> str | None:
+def _log(args, result, tags, editor_run, info, setting, instructed_edit: bool, target=None) -> str | None:
     if args.no_log:
         return None
     from ..evaluate import runner
@@ -176,8 +190,7 @@ def _log(args, result, tags, editor_run, info, setting, instructed_edit: bool) -
                                      "eval.gen_tokens": args.gen_tokens,
                                      "eval.checkpoint": args.editor or "", "eval.tasks": ",".join(
                                          sorted(result.cases["task"].unique()) if len(result.cases) else []),
-                                     **({"ftl.steps": args.ftl_steps, "ftl.lr": args.ftl_lr,
-                                         "ftl.norm_bound": args.ftl_norm_bound} if args.baseline == "ft-l" else {})},
+                                     **(target.params() if target is not None else {})},
                              tracking_uri=args.tracking_uri,
                              run_name=f"eval-{tags['mode']}-{args.split}-{setting}")
     print(f"logged to new eval run {rid} (experiment {experiment})")

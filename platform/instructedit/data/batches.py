@@ -109,7 +109,7 @@ def edit_batch(records, tokenizer, max_length: int = 128, instructed: bool = Tru
         tokenizer, [(r.edit_input if instructed else "") or r.prompt for r in records],
         [r.target_new for r in records],
         row_edit=list(range(len(records))),
-        meta=[{"kind": "edit", "case_id": r.case_id, "task": r.task} for r in records],
+        meta=[{"kind": "edit", "case_id": r.case_id, "task": r.task, "subject": r.subject} for r in records],
         max_length=max_length,
     )
 

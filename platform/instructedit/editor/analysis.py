@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..data.batches import edit_batch
-from .editor import MendEditor
+from .mend import MendEditor
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from .hooks import LowRankEdit, patched
 
 if TYPE_CHECKING:
     from ..data.batches import TokenBatch
-    from .editor import Edits, MendEditor
+    from .editable import EditableModel, Edits
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def project(edit: LowRankEdit, bound: float) -> LowRankEdit:
     return LowRankEdit(U=edit.U, D=edit.D * scale[:, None, None].to(edit.D.dtype))
 
 
-def ftl_fit(editor: MendEditor, batch: TokenBatch, hidden: torch.Tensor, cfg: FTLConfig,
+def ftl_fit(editor: EditableModel, batch: TokenBatch, hidden: torch.Tensor, cfg: FTLConfig,
             history: list[torch.Tensor] | None = None) -> Edits:
     """Fine-tune one independent update per row of `batch`; returns the low-rank factors.
 
@@ -83,7 +83,7 @@ def ftl_fit(editor: MendEditor, batch: TokenBatch, hidden: torch.Tensor, cfg: FT
     return acc
 
 
-def ftl_edits(editor: MendEditor, cfg: FTLConfig | None = None) -> Callable[[TokenBatch, torch.Tensor], Edits]:
+def ftl_edits(editor: EditableModel, cfg: FTLConfig | None = None) -> Callable[[TokenBatch, torch.Tensor], Edits]:
     """A `make_edits` for `evaluate_batch`: FT-L on every edit of the batch, independently."""
     cfg = cfg or FTLConfig()
 
@@ -92,3 +92,11 @@ def ftl_edits(editor: MendEditor, cfg: FTLConfig | None = None) -> Callable[[Tok
 
     return make
 
+
+
+def build(loaded, hp: FTLConfig):
+    """-> (editable model, make_edits): FT-L on the model YAML's edited weights (MEND's)."""
+    from .editable import EditableModel
+
+    em = EditableModel(loaded)
+    return em, ftl_edits(em, hp)

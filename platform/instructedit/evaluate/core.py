@@ -29,7 +29,9 @@ import torch
 
 from ..data.batches import TokenBatch, edit_batch, probe_batch
 from ..editor import losses
+from ..editor.editable import no_edits  # noqa: F401  (the methods' make_edits live with the methods)
 from ..editor.hooks import patched
+from ..editor.mend import mend_edits  # noqa: F401
 from . import generation
 from .metrics import edit_success  # noqa: F401  (re-exported for callers of core)
 
@@ -43,19 +45,6 @@ class EvalOptions:
     instructed_probes: bool = True  # also score the *_instructed probe variants
     generation: bool = True  # reliability_gen, generalization_gen, locality_gen
     gen_tokens: int = 0  # new tokens per greedy continuation; 0 = the batch's longest answer + 2
-
-
-def mend_edits(editor) -> MakeEdits:
-    def make(batch: TokenBatch, hidden: torch.Tensor):
-        with torch.no_grad():  # the transform needs no graph at evaluation
-            u, d, _ = editor.edit_gradients(batch, hidden)
-            return editor.transform(u, d, batch.attention_mask)
-
-    return make
-
-
-def no_edits(batch: TokenBatch, hidden: torch.Tensor) -> None:
-    return None
 
 
 # ----------------------------------------------------------------------------------- forwards

@@ -1,4 +1,4 @@
-"""The evaluation runner: an editor checkpoint, the unedited model or FT-L on any tasks and split.
+"""The evaluation runner: any method of the registry (editor/methods.py) on any tasks and split.
 
 Records go through `core.evaluate_batch` in batches of independent edits (one forward per probe
 kind per batch). Every finished batch is written at once as a parquet part file under
@@ -24,17 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import flatten, to_dict
 from ..data.instructions import retag
 from ..data.record import EditRecord
+from ..editor import methods
 
 KEY = ("case_id", "task", "instruction_setting")
-METHODS = {  # --baseline / mode -> (mode tag, method display name)
-    "pre-edit": ("pre-edit", "Pre-edit"),
-    "ft-l": ("ft-l", "FT-L"),
-    "single-task": ("single-task", "MEND (single-task)"),
-    "multi-task": ("multi-task", "MEND (multi-task)"),
-    "instructedit": ("instructedit", "InstructEdit"),
-}
 
 
 class ResumeMismatch(ValueError):
@@ -44,75 +39,72 @@ class ResumeMismatch(ValueError):
 # ------------------------------------------------------------------------------------ targets
 @dataclass(frozen=True)
 class EvalTarget:
-    """What to evaluate, in a form a Ray actor can rebuild: an editor checkpoint or a baseline."""
+    """What to evaluate, in a form a Ray actor can rebuild: an editor checkpoint (kind "editor";
+    the method it was trained as is read from the checkpoint) or an untrained method of the
+    registry (editor/methods.py) on a base model (kind = its name: pre-edit, ft-l, rome, ...)."""
 
-    kind: str  # editor | pre-edit | ft-l
+    kind: str  # editor | an untrained method's name
     checkpoint: str = ""  # kind=editor: the editor.pt (or its folder)
-    model: str = ""  # baselines: the model registry name
-    ftl: dict = field(default_factory=dict)  # kind=ft-l: FTLConfig fields
+    model: str = ""  # untrained methods: the model registry name
+    hparams: dict = field(default_factory=dict)  # overrides of configs/methods/<kind>.yaml (nested)
     device: str = "cpu"
 
     def __post_init__(self):
-        if self.kind not in ("editor", "pre-edit", "ft-l"):
-            raise ValueError(f"evaluation target must be editor|pre-edit|ft-l, got {self.kind!r}")
-        if self.kind == "editor" and not self.checkpoint:
-            raise ValueError("an editor target needs a checkpoint")
-        if self.kind != "editor" and not self.model:
+        if self.kind == "editor":
+            if not self.checkpoint:
+                raise ValueError("an editor target needs a checkpoint")
+            return
+        if methods.get(self.kind).trained:
+            raise ValueError(f"method {self.kind} is trained: evaluate its checkpoint (kind 'editor')")
+        if not self.model:
             raise ValueError(f"baseline {self.kind} needs a model name")
+
+    def hyperparameters(self):
+        """The typed hyperparameters of an untrained method (its YAML, then `hparams`); None else."""
+        return None if self.kind == "editor" else methods.get(self.kind).load_hparams(self.model, self.hparams)
+
+    def params(self) -> dict:
+        """Resolved hyperparameters as flat MLflow params: `<kind without dashes>.<field>` (ftl.steps)."""
+        hp = self.hyperparameters()
+        return {} if hp is None else flatten(to_dict(hp), f"{self.kind.replace('-', '')}.")
 
     def identity(self) -> dict:
         """What must match for a resumed evaluation to reuse earlier part files."""
-        d = dataclasses.asdict(self)
-        d.pop("device")
-        return d
-
-
-def baseline_editor(loaded):
-    """A MendEditor shell for baselines: its transform is never used, only the batched plumbing
-    (lower-layer reuse, patched forwards, gradient capture)."""
-    from ..config import EditorConfig
-    from ..editor.editor import MendEditor
-
-    return MendEditor(loaded, EditorConfig(rank=1, norm=False)).eval()
+        hp = self.hyperparameters()
+        return {"kind": self.kind, "checkpoint": self.checkpoint, "model": self.model,
+                "hparams": to_dict(hp) if hp is not None else {}}
 
 
 def build(target: EvalTarget):
-    """-> (editor, make_edits) for `core.evaluate_batch`."""
+    """-> (editable model, make_edits) for `core.evaluate_batch`, through the method registry."""
     import torch
-
-    from ..editor.editor import MendEditor
-    from ..models import build_model
-    from .core import mend_edits, no_edits
 
     torch.manual_seed(0)
     if target.kind == "editor":
-        editor = MendEditor.from_checkpoint(target.checkpoint, device=target.device).eval()
-        return editor, mend_edits(editor)
-    editor = baseline_editor(build_model(target.model, device=target.device)).to(target.device)
-    if target.kind == "pre-edit":
-        return editor, no_edits
-    from ..editor.ftl import FTLConfig, ftl_edits
+        from ..editor.checkpoint import load_editor_checkpoint
 
-    return editor, ftl_edits(editor, FTLConfig(**target.ftl))
+        ckpt = load_editor_checkpoint(target.checkpoint)
+        return methods.method_of(ckpt).load(checkpoint=ckpt, device=target.device)
+    return methods.get(target.kind).load(target.model, hparams=target.hyperparameters(), device=target.device)
 
 
 def checkpoint_info(path: str | Path) -> dict:
-    """mode, tasks and instruction setting an editor checkpoint was trained with (if it says)."""
-    from ..editor.editor import load_checkpoint_file
+    """method, mode, tasks and instruction setting an editor checkpoint was trained with (if it says)."""
+    from ..editor.checkpoint import load_editor_checkpoint
 
-    ckpt = load_checkpoint_file(path)
+    ckpt = load_editor_checkpoint(path)
     rc = ckpt.get("run_config") or {}
     data = rc.get("data") or {}
-    return {"mode": rc.get("mode", ""), "tasks": ",".join(data.get("tasks") or []),
+    return {"method": methods.method_of(ckpt).name, "mode": rc.get("mode", ""),
+            "tasks": ",".join(data.get("tasks") or []),
             "instruction_setting": data.get("instruction_setting", ""), "model": ckpt.get("model_name", ""),
             "experiment": rc.get("experiment", ""), "seed": str((rc.get("train") or {}).get("seed", "")),
             "step": str(ckpt.get("step", ""))}
 
 
 def method_tags(kind: str, mode: str = "") -> dict[str, str]:
-    key = kind if kind != "editor" else (mode or "instructedit")
-    m, name = METHODS.get(key, (key, key))
-    return {"mode": m, "method": name}
+    """The `mode` and `method` tags of a target kind (an editor: of the method it was trained as)."""
+    return methods.get(kind if kind != "editor" else (mode or methods.DEFAULT_TRAINED)).tags()
 
 
 # ------------------------------------------------------------------------------------ storage

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import RunConfig, run_model_config, to_dict
-from ..editor.editor import MendEditor
+from ..editor.mend import MendEditor
 from ..evaluate.core import EvalOptions, evaluate_batch, mend_edits
 from ..evaluate.metrics import task_means
 from ..models import LoadedModel, build_model

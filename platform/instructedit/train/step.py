@@ -17,7 +17,7 @@ import torch
 from ..config import EditorConfig
 from ..data.batches import TokenBatch, edit_batch, probe_batch
 from ..editor import losses
-from ..editor.editor import MendEditor
+from ..editor.mend import MendEditor
 
 
 @dataclass

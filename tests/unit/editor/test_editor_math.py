@@ -4,8 +4,8 @@ import pytest
 import torch
 from instructedit.config import EditorConfig
 from instructedit.data.batches import encode_pairs
-from instructedit.editor.editor import MendEditor
 from instructedit.editor.hooks import is_transposed
+from instructedit.editor.mend import MendEditor
 from instructedit.models import build_model
 
 FAMILIES = ["tiny-llama", "tiny-gpt2"]

@@ -11,7 +11,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_editor():
     from instructedit.config import EditorConfig
-    from instructedit.editor.editor import MendEditor
+    from instructedit.editor.mend import MendEditor
     from instructedit.models import build_model
 
     torch.manual_seed(0)

@@ -37,7 +37,7 @@ def test_editor_learns_on_tiny_model(tmp_path):
     train, val, test = synthetic(400, 1), synthetic(32, 2), synthetic(32, 3)
     result = train_editor(cfg, train, val, tmp_path / "ckpt", verbose=False)
     assert result.checkpoint is not None and result.checkpoint.exists()
-    from instructedit.editor.editor import MendEditor
+    from instructedit.editor.mend import MendEditor
 
     editor = MendEditor.from_checkpoint(result.checkpoint).eval()
     post = summarize(evaluate_batch(editor, test, mend_edits(editor), 48), "test")
