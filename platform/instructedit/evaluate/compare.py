@@ -75,12 +75,10 @@ def paired_difference(df: pd.DataFrame, a: str, b: str, task: str, metric: str) 
 
 
 def methods_in_order(df: pd.DataFrame) -> list[str]:
-    """Registry order of the methods present (the method registry's display names), others after."""
-    try:
-        from ..editor.methods import display_order  # the method registry, where it exists
-        known = list(display_order())
-    except ImportError:
-        known = ["Pre-edit", "FT-L", "MEND (single-task)", "MEND (multi-task)", "InstructEdit"]
+    """The method registry's order of the methods present (display names), others after."""
+    from ..editor.methods import METHODS  # torch-free registry
+
+    known = [m.display for m in METHODS]
     present = list(dict.fromkeys(df["method"]))
     return [m for m in known if m in present] + [m for m in present if m not in known]
 
