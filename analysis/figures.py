@@ -19,9 +19,12 @@ from matplotlib.figure import Figure
 
 from .pca import centroid_accuracy, pca
 from .runs import split_tasks
-from .tables import SCALE, order_tasks, prefer
+from .tables import METHODS, SCALE, _cell_rows, _eval_rows, cell_interval, metric_scale, order_tasks, prefer
 
 PRIMARY = ("reliability", "es")  # the edit-success metric of each kind of task
+# Per-task bars: the plain-probe headline metrics (es for ConvSent, reliability for the others).
+BAR_METRICS = ("reliability", "es", "generalization", "locality", "portability")
+NO_CI_HATCH = "//"
 
 
 def _colors(n: int):
@@ -64,6 +67,206 @@ def _grouped_bars(ax, frame: pd.DataFrame, groups: list[str], labels: list[str])
     ax.set_ylabel("x100")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+
+
+# ------------------------------------------------------------------- per task and method, with CIs
+def method_order(methods) -> list[str]:
+    rank = {m: i for i, m in enumerate(METHODS)}
+    return sorted(dict.fromkeys(methods), key=lambda m: (rank.get(m, len(rank)), m))
+
+
+def cell_data(tidy: pd.DataFrame, split: str = "test", metrics=BAR_METRICS) -> pd.DataFrame:
+    """One row per (method, task, metric): value (mean over the runs behind the cell, chosen as in
+    Table 3), ci_low, ci_high and n (the run's own when one run is behind the cell), n_runs, has_ci."""
+    cols = ["method", "task", "metric", "value", "ci_low", "ci_high", "n", "n_runs", "has_ci"]
+    rows = _eval_rows(tidy, split)
+    rows = rows[rows["metric"].isin(metrics) & (rows["method"] != "")]
+    out = []
+    for (method, task, metric), g in rows.groupby(["method", "task", "metric"], sort=False):
+        if method == "MEND (single-task)":
+            g = prefer(g, lambda r, t=task: r["tasks"].map(split_tasks).map(lambda ts: ts == [t]))
+        g = _cell_rows(g)
+        iv = cell_interval(g)
+        lo, hi = iv.get("ci_low", np.nan), iv.get("ci_high", np.nan)
+        has = bool(np.isfinite(lo) and np.isfinite(hi)) if lo is not None and hi is not None else False
+        out.append({"method": method, "task": task, "metric": metric, "value": float(g["value"].mean()),
+                    "ci_low": lo if has else np.nan, "ci_high": hi if has else np.nan,
+                    "n": iv.get("n", np.nan), "n_runs": g["run_id"].nunique(), "has_ci": has})
+    return pd.DataFrame(out, columns=cols)
+
+
+def _bars_with_ci(ax, d: pd.DataFrame, groups: list[str], xlabels: list[str], key: str, colors) -> None:
+    """Grouped bars: x = `xlabels` (values of column `key`), one bar per group (method) with its 95%
+    interval as an error bar; a cell without an interval is hatched and has none."""
+    x = np.arange(len(xlabels))
+    width = 0.8 / max(1, len(groups))
+    for i, (g, color) in enumerate(zip(groups, colors)):
+        sub = d[d["group"] == g].set_index(key, drop=False)
+        labelled = False
+        for j, xl in enumerate(xlabels):
+            if xl not in sub.index:
+                continue
+            r = sub.loc[xl]
+            scale = metric_scale(r["metric"])
+            v = r["value"] * scale
+            pos = x[j] + (i - (len(groups) - 1) / 2) * width
+            ax.bar(pos, v, width, color=color, label=None if labelled else g,
+                   hatch=None if r["has_ci"] else NO_CI_HATCH, edgecolor="white" if r["has_ci"] else "#555")
+            labelled = True
+            if r["has_ci"]:
+                lo, hi = r["ci_low"] * scale, r["ci_high"] * scale
+                ax.errorbar(pos, v, yerr=[[max(0.0, v - lo)], [max(0.0, hi - v)]], fmt="none", ecolor="#222",
+                            capsize=2, lw=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(xlabels, rotation=20, ha="right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _n_label(ns) -> str:
+    ns = sorted({int(n) for n in ns if pd.notna(n)})
+    if not ns:
+        return "n not logged"
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+
+
+def task_bars(tidy: pd.DataFrame, split: str = "test") -> Figure | None:
+    """Per task: each method's headline metrics (plain probes) as bars with 95% bootstrap intervals;
+    the subplot title gives n (cases per method). Hatched bars: no interval logged for that run."""
+    data = cell_data(tidy, split)
+    if data.empty:
+        return None
+    tasks = order_tasks(data["task"].unique())
+    methods = method_order(data["method"].unique())
+    ncols = min(2, len(tasks))
+    nrows = int(np.ceil(len(tasks) / ncols))
+    fig = Figure(figsize=(6.4 * ncols, 3.6 * nrows + 0.6))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    colors = dict(zip(methods, _colors(len(methods))))
+    for ax, task in zip(axes, tasks):
+        d = data[data["task"] == task].assign(group=lambda f: f["method"])
+        metrics = [m for m in BAR_METRICS if (d["metric"] == m).any()]
+        present = [m for m in methods if (d["method"] == m).any()]
+        _bars_with_ci(ax, d, present, metrics, "metric", [colors[m] for m in present])
+        hold = " (hold-out)" if task in ("zsre",) else ""
+        ax.set_title(f"{task}{hold}: {_n_label(d['n'])} per method", fontsize=10)
+        ax.set_ylabel("x100")
+        ax.set_ylim(0, 105)
+    for ax in axes[len(tasks):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    for ax in axes[1:len(tasks)]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    top = 1 - 0.75 / fig.get_figheight()  # room for the title and the legend, whatever the rows
+    fig.suptitle("Per task and method: mean with 95% interval (hatched: no interval)", fontsize=10,
+                 y=1 - 0.12 / fig.get_figheight())
+    fig.legend(list(seen.values()), list(seen.keys()), loc="upper center", ncol=min(5, len(seen)), fontsize=8,
+               frameon=False, bbox_to_anchor=(0.5, 1 - 0.35 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, 0, 1, top))
+    return fig
+
+
+def instructed_data(tidy: pd.DataFrame, split: str = "test", metric: str = "reliability") -> pd.DataFrame:
+    """cell_data of `metric` and `<metric>_instructed` (es for ConvSent), with `probe` plain|instructed."""
+    data = cell_data(tidy, split, metrics=(metric, metric + "_instructed", "es", "es_instructed"))
+    if data.empty:
+        return data
+    base = data["metric"].str.replace("_instructed", "", regex=False)
+    # ConvSent has es, not reliability; other tasks the other way round
+    data = data[(base == metric) | ((base == "es") & (data["task"] == "convsent"))]
+    return data.assign(probe=np.where(data["metric"].str.endswith("_instructed"), "instructed", "plain"))
+
+
+def instructed_vs_plain(tidy: pd.DataFrame, split: str = "test") -> Figure | None:
+    """Reliability (ES for ConvSent) on plain probes vs the same probes with the task instruction, per
+    method and task: what the edit did vs what the prompt did."""
+    data = instructed_data(tidy, split)
+    if data.empty or not (data["probe"] == "instructed").any():
+        return None
+    tasks = order_tasks(data["task"].unique())
+    methods = method_order(data["method"].unique())
+    fig = Figure(figsize=(max(5.0, 1.6 * len(methods) * len(tasks) / 2 + 2), 4.2))
+    axes = np.atleast_1d(fig.subplots(1, len(tasks), squeeze=False)[0])
+    colors = {"plain": "#4c72b0", "instructed": "#dd8452"}
+    for ax, task in zip(axes, tasks):
+        d = data[data["task"] == task].assign(group=lambda f: f["probe"])
+        present = [m for m in methods if (d["method"] == m).any()]
+        groups = [g for g in ("plain", "instructed") if (d["group"] == g).any()]
+        _bars_with_ci(ax, d, groups, present, "method", [colors[g] for g in groups])
+        metric = "es" if task == "convsent" else "reliability"
+        ax.set_title(f"{task}: {metric}, {_n_label(d['n'])}", fontsize=9)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("x100")
+    axes[0].legend(fontsize=8, title="probe", title_fontsize=8)
+    fig.suptitle("Plain vs instructed probes (95% intervals; hatched: no interval)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- training curves
+LOSS_KEYS = ("loss/total", "loss/edit", "loss/loc")
+VAL_KEYS = ("val/score", "val/reliability", "val/edit_success", "val/generalization", "val/locality",
+            "val/portability", "val/reliability_instructed")
+
+
+def best_step_of(run: pd.Series | dict, hist: pd.DataFrame, metric: str = "val/score") -> tuple[int | None, str]:
+    """The selected step: the run's `best_step` tag, else the argmax of its `metric` history."""
+    tag = str(run.get("best_step", "") or "").strip()
+    if tag.lstrip("-").isdigit():
+        return int(tag), "selected checkpoint"
+    h = hist[hist["key"] == metric]
+    if h.empty:
+        return None, ""
+    return int(h.loc[h["value"].idxmax(), "step"]), f"best {metric} (no best_step tag)"
+
+
+def training_curves(histories: pd.DataFrame, runs: pd.DataFrame, max_runs: int = 6) -> Figure | None:
+    """Per training run: losses over steps (left) and validation metrics over steps (right), the
+    selected step marked. `histories`: runs.metric_histories; `runs`: runs.run_index rows."""
+    if histories is None or histories.empty:
+        return None
+    have = [r for _, r in runs.iterrows() if r["run_id"] in set(histories["run_id"])]
+    if not have:
+        return None
+    have = have[-max_runs:]
+    fig = Figure(figsize=(11.0, 3.3 * len(have) + 0.3))
+    axes = fig.subplots(len(have), 2, squeeze=False)
+    for (ax_l, ax_v), run in zip(axes, have):
+        h = histories[histories["run_id"] == run["run_id"]]
+        label = run.get("run_name") or run["run_id"][:8]
+        step, why = best_step_of(run, h)
+        for key, color in zip(LOSS_KEYS, _colors(len(LOSS_KEYS))):
+            k = h[h["key"] == key].sort_values("step")
+            if not k.empty:
+                ax_l.plot(k["step"], k["value"], color=color, label=key, lw=1.2)
+        if (h["key"].isin(LOSS_KEYS) & (h["value"] > 0)).any():
+            ax_l.set_yscale("log")
+        ax_l.set_title(f"{label}: training losses", fontsize=9)
+        ax_l.set_xlabel("step")
+        ax_l.grid(alpha=0.3)
+        keys = [k for k in VAL_KEYS if (h["key"] == k).any()]
+        for key, color in zip(keys, _colors(len(keys))):
+            k = h[h["key"] == key].sort_values("step")
+            ax_v.plot(k["step"], k["value"] * metric_scale(key), marker="o", ms=3, color=color, label=key,
+                      lw=1.2, ls="--" if key.endswith("_instructed") else "-")
+        ax_v.set_title(f"{label}: validation (x100)", fontsize=9)
+        ax_v.set_xlabel("step")
+        ax_v.grid(alpha=0.3)
+        if step is not None:
+            for ax in (ax_l, ax_v):
+                ax.axvline(step, color="#c44", ls=":", lw=1.2)
+            score = h[(h["key"] == "val/score") & (h["step"] == step)]
+            if not score.empty:
+                ax_v.plot([step], [score["value"].iloc[0] * 100], marker="*", ms=12, color="#c44", ls="none",
+                          label=f"{why}: step {step}")
+            else:
+                ax_v.plot([], [], color="#c44", ls=":", label=f"{why}: step {step}")
+        for ax in (ax_l, ax_v):
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
 
 
 # -------------------------------------------------------------------------------- task scaling

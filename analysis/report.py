@@ -1,8 +1,13 @@
-"""One self-contained HTML page per experiment: tables, figures (base64 PNG), links to the MLflow runs.
+"""One self-contained HTML page per experiment: tables, figures (base64 PNG), provenance, run links.
 
 `build_report` writes `<out>/report.html` plus the pieces (`figures/*.png`, `tables/*.{md,csv,html}`)
-and, unless told not to, logs them as artifacts of a new run tagged kind=report. A table or figure
-without data is left out with a short note; it never fails the report.
+and, unless told not to, logs them as artifacts of a new run tagged kind=report. Sections: the
+results tables (x100 rounded to what n supports, 95% intervals and n); figures: per task and method
+bars with intervals, plain vs instructed probes, training curves with the selected step, then the
+paper's figures (task scaling, ConvSent balancing, seen vs unseen, gradient PCA); one provenance block
+per run (git commit, dataset hash, base model and its source, checkpoint step, seed, budget, command);
+every run with a link to the MLflow UI. A table or figure without data is left out with a short
+note; it never fails the report.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import pandas as pd
 from instructedit import tracking
 
 from . import figures, gradients, tables
-from .runs import load_runs, run_index, search
+from .runs import load_runs, metric_histories, run_index, search
 
 DEFAULT_UI = "http://127.0.0.1:5000"
 
@@ -33,7 +38,19 @@ td.best{background:#e8f5e9}caption{caption-side:top;text-align:left;font-weight:
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.9em;color:#555}.note{color:#777;font-style:italic}
 table.runs td{text-align:left}.scroll{overflow-x:auto}code{background:#f4f4f4;padding:0 .2em}
+.ci{font-size:.75em;color:#666;white-space:nowrap}th.instr{background:#fdf1e6}
+.prov{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:.8em}
+.prov table{margin:0;width:100%}.prov th{text-align:left;width:9em;font-weight:normal;color:#555}
+.prov td{text-align:left;word-break:break-all}.prov caption{font-weight:bold}.missing{color:#a33;font-style:italic}
 """
+# Figures of the report in order: (file name, caption). Others (the paper's) follow.
+CORE_FIGURES = {
+    "task_bars": "Per task and method: headline metrics (plain probes) with 95% bootstrap intervals and n",
+    "instructed_vs_plain": "Plain vs instructed probes: reliability (ES for ConvSent) per method and task",
+    "training_curves": "Training curves: losses and validation metrics over steps, the selected checkpoint marked",
+}
+MISSING_TEXT = "not logged"
+
 
 
 @dataclass
@@ -109,6 +126,25 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
     # ----------------------------------------------------------------------------- figures
     body.append("<h2>Figures</h2>")
     made = []
+    train_runs = index[index["kind"] == "train"] if len(index) else index
+    core = {
+        "task_bars": lambda: figures.task_bars(tidy, split=split),
+        "instructed_vs_plain": lambda: figures.instructed_vs_plain(tidy, split=split),
+        "training_curves": lambda: figures.training_curves(
+            metric_histories(train_runs["run_id"].tail(6), keys=list(figures.LOSS_KEYS + figures.VAL_KEYS),
+                             tracking_uri=tracking_uri), train_runs),
+    }
+    for name, make in core.items():
+        try:
+            fig = make()
+        except Exception as e:  # noqa: BLE001 - noted in the report, never fatal
+            fig = None
+            rep.notes.append(f"{name}: failed ({e.__class__.__name__}: {e})")
+            traceback.print_exc()
+        made.append((name, CORE_FIGURES[name], fig))
+    no_ci = _without_interval(figures.cell_data(tidy, split))
+    if no_ci:
+        rep.notes.append(f"bars without a 95% interval (hatched): {no_ci}")
     for name, (title, make) in figures.ALL.items():
         try:
             fig = make(tidy, split=split)
@@ -138,7 +174,14 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
         path = out_dir / "figures" / f"{name}.png"
         path.write_bytes(png)
         rep.figures[name] = path
-        body.append(f"<figure>{_img(png, title)}<figcaption>{html.escape(title)}</figcaption></figure>")
+        caption = title
+        if name in ("task_bars", "instructed_vs_plain") and no_ci:
+            caption += f". Hatched bars have no interval: {no_ci}."
+        body.append(f"<figure>{_img(png, title)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    # ---------------------------------------------------------------------------- provenance
+    body.append("<h2>Provenance</h2>")
+    body.append(_provenance(index, ui_url, rep.notes))
 
     # -------------------------------------------------------------------------------- runs
     body.append("<h2>Runs</h2>")
@@ -150,7 +193,10 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
         f"<h1>InstructEdit report: {html.escape(experiment)}</h1>"
         f"<p>{len(index)} runs, tracking store <code>{html.escape(uri)}</code>, generated {now}. "
         f"Run links open the MLflow UI at {html.escape(ui_url)} (start it with <code>instructedit ui</code>)."
-        " Values are x100; best per column in bold.</p>"
+        " Values are x100 (shares; dd as it is), rounded to what the n cases behind them support: whole "
+        "percents below 1,000 cases, one decimal from 1,000. Intervals are 95% bootstrap intervals over "
+        "cases. Plain-probe metrics come first; (instr.) columns ask the same questions with the task "
+        "instruction. Best per column in bold.</p>"
     )
     page = (
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -179,6 +225,139 @@ def _runs_table(index: pd.DataFrame, ui_url: str) -> str:
     head = "".join(f"<th>{e(c)}</th>" for c in cols)
     return (f'<table class="runs"><caption>Runs (links to MLflow)</caption><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _without_interval(cells: pd.DataFrame) -> str:
+    """Which methods' cells have no interval, and why: not logged by the run, or a mean over
+    several runs (their intervals do not combine into one)."""
+    if cells.empty:
+        return ""
+    bare = cells[~cells["has_ci"]]
+    parts = []
+    single = sorted(set(bare.loc[bare["n_runs"] == 1, "method"]))
+    if single:
+        parts.append(f"{', '.join(single)}: not logged by the run (`instructedit evaluate` logs "
+                     "`<split>/<task>/<metric>_ci_low`, `_ci_high`, `_n`)")
+    several = sorted(set(bare.loc[bare["n_runs"] > 1, "method"]))
+    if several:
+        parts.append(f"{', '.join(several)}: some cells average several runs")
+    return "; ".join(parts)
+
+
+PROVENANCE_FIELDS = ("git commit", "dataset hash", "base model", "model source", "checkpoint step", "seed",
+                     "budget", "command")
+
+
+def _value(r: pd.Series, *names: str) -> str:
+    for n in names:
+        v = r.get(n)
+        if v is not None and not (isinstance(v, float) and pd.isna(v)) and str(v).strip() not in ("", "None"):
+            return str(v).strip()
+    return ""
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(float(text))
+    except ValueError:
+        return None
+
+
+def provenance(r: pd.Series) -> dict[str, tuple[str, str]]:
+    """One run's provenance: field -> (value, how it was found); value '' when not logged."""
+    from instructedit.provenance import model_source
+
+    out: dict[str, tuple[str, str]] = {}
+    untrained = str(r.get("method") or "") in ("Pre-edit", "FT-L") and str(r.get("kind") or "") == "eval"
+    editor_run = _value(r, "editor_run")
+    commit = _value(r, "git_commit")
+    out["git commit"] = (commit[:12] if commit and commit != "unknown" else "", "")
+    out["dataset hash"] = (_value(r, "dataset_hash")[:16], "")
+    model = _value(r, "model", "params.model")
+    out["base model"] = (model, "")
+    src = _value(r, "model_source")
+    if src:
+        out["model source"] = (src, "")
+    elif model:
+        out["model source"] = (model_source(model), "from today's configs/models, not logged with the run")
+    else:
+        out["model source"] = ("", "")
+    step = _value(r, "best_step")
+    ckpt = _value(r, "params.eval.checkpoint")
+    if step:
+        out["checkpoint step"] = (step, "selected by validation")
+    elif ckpt:
+        out["checkpoint step"] = (ckpt, "the checkpoint file evaluated")
+    elif editor_run:
+        out["checkpoint step"] = (f"see editor run {editor_run[:8]}", "")
+    elif untrained:
+        out["checkpoint step"] = ("none", "no trained editor")  # Pre-edit, FT-L
+    else:
+        out["checkpoint step"] = ("", "")
+    seed = _value(r, "seed", "params.train.seed")
+    out["seed"] = (seed, "") if seed else ((f"see editor run {editor_run[:8]}", "") if editor_run else
+                                            (("none", "no training") if untrained else ("", "")))
+    edits, best = _value(r, "train_edits"), _value(r, "checkpoint_edits")
+    batch, steps = _int(_value(r, "params.train.batch_size")), _int(_value(r, "params.train.max_steps"))
+    if edits:
+        text = f"{edits} training edits"
+        if batch:
+            text += f" ({int(edits) // batch} steps x batch {batch})" if _int(edits) is not None else ""
+        if best:
+            text += f"; the selected checkpoint had seen {best}"
+        out["budget"] = (text, "")
+    elif batch and steps:
+        out["budget"] = (f"up to {steps * batch} training edits ({steps} steps x batch {batch})",
+                         "planned (train.max_steps), not the steps run")
+    elif editor_run:
+        out["budget"] = (f"see editor run {editor_run[:8]}", "")
+    elif untrained:
+        if str(r.get("method")) == "FT-L":
+            ftl = _value(r, "params.ftl.steps")
+            out["budget"] = ("0 training edits", f"fine-tunes {ftl or '?'} steps on each edit")
+        else:
+            out["budget"] = ("0 training edits", "the unedited model")
+    else:
+        out["budget"] = ("", "")
+    cmd = _value(r, "command")
+    if cmd:
+        out["command"] = (cmd, "")
+    elif _value(r, "source_name"):
+        out["command"] = (_value(r, "source_name"), "entry point only (no command tag)")
+    else:
+        out["command"] = ("", "")
+    return out
+
+
+def _provenance(index: pd.DataFrame, ui_url: str, notes: list[str]) -> str:
+    """A block per run (study trials are listed in the runs table only)."""
+    if index.empty:
+        return '<p class="note">No runs in this experiment.</p>'
+    e = html.escape
+    runs = index[index["kind"] != "trial"]
+    blocks, missing = [], {}
+    for _, r in runs.iterrows():
+        url = tracking.run_url(r["run_id"], str(r["experiment_id"]), ui=ui_url)
+        name = r["run_name"] or r["run_id"][:8]
+        what = " · ".join(x for x in (str(r["kind"] or ""), str(r["method"] or "")) if x)
+        rows = []
+        for field_name, (value, how) in provenance(r).items():
+            if value:
+                cell = f"<code>{e(value)}</code>" if field_name in ("command", "git commit", "dataset hash") else e(value)
+                if how:
+                    cell += f' <span class="ci">({e(how)})</span>'
+            else:
+                cell = f'<span class="missing">{MISSING_TEXT}</span>'
+                missing.setdefault(field_name, []).append(str(name))
+            rows.append(f"<tr><th>{e(field_name)}</th><td>{cell}</td></tr>")
+        blocks.append(f'<table><caption><a href="{e(url)}">{e(str(name))}</a> <span class="ci">{e(what)}</span>'
+                      f"</caption><tbody>{''.join(rows)}</tbody></table>")
+    for field_name, names in missing.items():
+        notes.append(f"provenance: {field_name} not logged for {len(names)} run(s): {', '.join(names[:5])}"
+                     + (" ..." if len(names) > 5 else ""))
+    trials = int((index["kind"] == "trial").sum())
+    tail = f'<p class="note">{trials} study trial(s): see the runs table.</p>' if trials else ""
+    return f'<div class="prov">{"".join(blocks)}</div>{tail}'
 
 
 def _log(experiment: str, rep: Report, tracking_uri: str | None, tidy: pd.DataFrame) -> str:

@@ -1,8 +1,10 @@
 """The paper's tables from the tidy run table (analysis.runs): Table 3 and Table 1 shapes.
 
-Values are shown x100 with two decimals (docs/conventions.md), the best value of each column marked:
-bold in Markdown and HTML, a trailing `*` in CSV. `dd` (a KL) is lower-is-better; every other metric
-is higher-is-better. Baseline rows (Pre-edit) are shown but never marked best.
+Values are shown x100 (shares; `dd`, a KL, as it is), rounded to what the number of cases n behind
+the cell supports (`decimals_for_n`); a cell from one run with a logged interval also carries its 95%
+interval and n. The best value of each column is marked: bold in Markdown and HTML, a trailing `*`
+in CSV. Direction comes from the metric registry (`dd` lower-is-better). Baseline rows (Pre-edit)
+are shown but never marked best. Per task, plain-probe metrics come first, instructed ones after.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from .runs import higher_is_better, split_tasks
 
 METHODS = ("Pre-edit", "FT-L", "MEND (single-task)", "MEND (multi-task)", "InstructEdit")
 BASELINES = ("Pre-edit",)
-METRICS = ("reliability", "generalization", "locality", "portability", "es", "dd")
+PLAIN_METRICS = ("reliability", "generalization", "locality", "portability", "es", "dd")
+# Plain probes first, then the same questions with the task instruction (every method has both).
+METRICS = PLAIN_METRICS + ("reliability_instructed", "generalization_instructed", "portability_instructed",
+                           "es_instructed")
 TASK_ORDER = ("counterfact", "recent", "convsent", "zsre")
 HOLD_OUT = ("zsre",)
 SCALE = 100.0
@@ -79,6 +84,12 @@ class Table:
     hold_out: tuple[str, ...] = HOLD_OUT
     note: str = ""
     run_ids: dict = field(default_factory=dict)  # (row, task, metric) -> [run ids] behind the cell
+    # (row, task, metric) -> {"ci_low", "ci_high", "n"} (NaN where not logged)
+    intervals: dict = field(default_factory=dict)
+
+    def n(self, row, col) -> float | None:
+        n = self.intervals.get((row, *col), {}).get("n")
+        return None if n is None or pd.isna(n) else float(n)
 
     @property
     def empty(self) -> bool:
@@ -99,7 +110,24 @@ class Table:
         return mask
 
     def formatted(self) -> pd.DataFrame:
-        return self.values.apply(lambda s: s.map(lambda v: MISSING if pd.isna(v) else f"{v * SCALE:.2f}"))
+        """Cell text: the value rounded by the n behind it (`format_value`)."""
+        out = self.values.astype(object).copy()
+        for r in self.values.index:
+            for c in self.values.columns:
+                out.loc[r, c] = format_value(self.values.loc[r, c], self.n(r, c), c[1])
+        return out
+
+    def interval_text(self, row, col) -> str:
+        """`lo–hi, n=N` for a cell with a logged interval, `n=N` with n only, else ''."""
+        iv = self.intervals.get((row, *col), {})
+        n = self.n(row, col)
+        lo, hi = iv.get("ci_low"), iv.get("ci_high")
+        parts = []
+        if lo is not None and hi is not None and not (pd.isna(lo) or pd.isna(hi)):
+            parts.append(f"{format_value(lo, n, col[1])}–{format_value(hi, n, col[1])}")
+        if n is not None:
+            parts.append(f"n={int(n)}")
+        return ", ".join(parts)
 
     def column_names(self) -> list[str]:
         return [f"{t}/{m}" for t, m in self.values.columns]
@@ -113,7 +141,7 @@ class Table:
             row = [str(r)] + [f"**{cells.loc[r, c]}**" if best.loc[r, c] else cells.loc[r, c]
                               for c in cells.columns]
             lines.append("| " + " | ".join(row) + " |")
-        out = f"**{self.title}** (x100; best per column in bold)\n\n" + "\n".join(lines) + "\n"
+        out = f"**{self.title}** (x100, rounded to what n supports; best per column in bold)\n\n" + "\n".join(lines) + "\n"
         if self.note:
             out += f"\n{self.note}\n"
         return out
@@ -140,7 +168,9 @@ class Table:
             span = sum(1 for tt, _ in cells.columns if tt == t)
             label = f"{t} (hold-out)" if t in self.hold_out else t
             head1.append(f'<th colspan="{span}">{e(label)}</th>')
-        head2 = [f"<th>{e(m)}{' ↓' if not higher_is_better(m) else ''}</th>" for _, m in cells.columns]
+        instr = ' class="instr"'
+        head2 = [f"<th{instr if m.endswith('_instructed') else ''}>{e(_short(m))}"
+                 f"{' ↓' if not higher_is_better(m) else ''}</th>" for _, m in cells.columns]
         body = []
         for r in cells.index:
             name = e(str(r))
@@ -149,10 +179,16 @@ class Table:
             tds = []
             for c in cells.columns:
                 v = e(cells.loc[r, c])
-                tds.append(f'<td class="best"><b>{v}</b></td>' if best.loc[r, c] else f"<td>{v}</td>")
+                if best.loc[r, c]:
+                    v = f"<b>{v}</b>"
+                ci = self.interval_text(r, c)
+                if ci:  # the 95% interval and n under the value
+                    v += f'<br><span class="ci">{e(ci)}</span>'
+                tds.append(f'<td class="best">{v}</td>' if best.loc[r, c] else f"<td>{v}</td>")
             body.append(f"<tr><th>{name}</th>{''.join(tds)}</tr>")
         return (
-            f'<table class="results"><caption>{e(self.title)} (x100; best per column in bold)</caption>'
+            f'<table class="results"><caption>{e(self.title)} (x100, rounded to what n supports; '
+            "95% interval and n under each value where logged; best per column in bold)</caption>"
             f"<thead><tr>{''.join(head1)}</tr><tr>{''.join(head2)}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>"
         )
@@ -165,6 +201,25 @@ class Table:
         self.to_csv(paths["csv"])
         paths["html"].write_text(self.to_html())
         return paths
+
+
+def _short(metric: str) -> str:
+    """Column label: `reliability_instructed` -> `reliability (instr.)`."""
+    return metric[: -len("_instructed")] + " (instr.)" if metric.endswith("_instructed") else metric
+
+
+def cell_interval(g: pd.DataFrame) -> dict:
+    """The interval of a cell: the run's own when one run is behind it. Several runs' intervals do
+    not combine into one: then no interval, and n only when every run had the same n."""
+    cols = [c for c in ("ci_low", "ci_high", "n") if c in g.columns]
+    if not cols:
+        return {}
+    if g["run_id"].nunique() == 1:
+        r = g.iloc[-1]
+        return {c: r[c] for c in cols}
+    ns = g["n"].dropna().unique() if "n" in g.columns else []
+    # cases per run, when every run evaluated as many (the same test records, several editors)
+    return {"ci_low": float("nan"), "ci_high": float("nan"), "n": float(ns[0]) if len(ns) == 1 else float("nan")}
 
 
 # ------------------------------------------------------------------------------------ selection
@@ -231,7 +286,7 @@ def table3(tidy: pd.DataFrame, split: str = "test", tasks=None, metrics=METRICS,
     rows = _eval_rows(tidy, split)
     rows = rows[rows["method"].isin(methods)]
     tasks, metrics_by_task = _columns(rows, tasks, metrics, hold_out)
-    cells, run_ids = {}, {}
+    cells, run_ids, intervals = {}, {}, {}
     for (method, task, metric), g in rows.groupby(["method", "task", "metric"], sort=False):
         if task not in metrics_by_task or metric not in metrics_by_task[task]:
             continue
@@ -240,22 +295,25 @@ def table3(tidy: pd.DataFrame, split: str = "test", tasks=None, metrics=METRICS,
         g = _cell_rows(g)
         cells[(method, task, metric)] = float(g["value"].mean())
         run_ids[(method, task, metric)] = sorted(g["run_id"].unique())
+        intervals[(method, task, metric)] = cell_interval(g)
     present = [m for m in methods if any(k[0] == m for k in cells)]
     values = _pivot(cells, present, tasks, metrics_by_task)
     return Table(
         title=f"Table 3 shape: multi-task setting and hold-out task ({split})",
-        values=values, row_label="Method", hold_out=tuple(hold_out), run_ids=run_ids,
-        note="Hold-out tasks are never trained on. Values are means over the runs behind each cell.",
+        values=values, row_label="Method", hold_out=tuple(hold_out), run_ids=run_ids, intervals=intervals,
+        note="Hold-out tasks are never trained on. Values are means over the runs behind each cell; "
+             "(instr.) columns ask the same questions prefixed by the task instruction.",
     )
 
 
 def table1(tidy: pd.DataFrame, split: str = "test", tasks=None,
-           metrics=("reliability", "generalization", "es"), hold_out=HOLD_OUT) -> Table:
+           metrics=("reliability", "generalization", "es", "reliability_instructed", "es_instructed"),
+           hold_out=HOLD_OUT) -> Table:
     """Single-task editors (rows: the task each was trained on) applied to every task (columns)."""
     rows = _eval_rows(tidy, split)
     rows = rows[(rows["mode"] == "single-task") & (rows["n_train_tasks"] == 1)]
     tasks, metrics_by_task = _columns(rows, tasks, metrics, hold_out)
-    cells, run_ids = {}, {}
+    cells, run_ids, intervals = {}, {}, {}
     for (train_task, task, metric), g in rows.groupby(["tasks", "task", "metric"], sort=False):
         if task not in metrics_by_task or metric not in metrics_by_task[task]:
             continue
@@ -263,11 +321,13 @@ def table1(tidy: pd.DataFrame, split: str = "test", tasks=None,
         label = f"trained on {train_task}"
         cells[(label, task, metric)] = float(g["value"].mean())
         run_ids[(label, task, metric)] = sorted(g["run_id"].unique())
+        intervals[(label, task, metric)] = cell_interval(g)
     train_tasks = order_tasks(rows["tasks"].unique(), hold_out)
     present = [f"trained on {t}" for t in train_tasks if any(k[0] == f"trained on {t}" for k in cells)]
     values = _pivot(cells, present, tasks, metrics_by_task)
     return Table(
         title=f"Table 1 shape: single-task editors applied to other tasks ({split})",
         values=values, row_label="Editor", baselines=(), hold_out=tuple(hold_out), run_ids=run_ids,
+        intervals=intervals,
         note="Each row is a MEND editor trained on one task; the diagonal is in-distribution.",
     )

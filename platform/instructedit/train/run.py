@@ -28,6 +28,7 @@ import yaml
 
 from .. import tracking
 from ..config import ConfigError, RunConfig, apply_overrides, flatten, load_task, to_dict
+from ..provenance import budget, model_source
 from .checkpoint import EDITOR_FILE
 from .trainer import RayTrainResult, WorkerHooks, init_ray, storage_root, train_on_ray
 
@@ -74,7 +75,7 @@ def dataset_manifest(cfg: RunConfig, train: list, val: list) -> tuple[str, str]:
 def run_tags(cfg: RunConfig, dataset_hash: str) -> dict[str, str]:
     return {"kind": "train", "mode": cfg.mode, "method": METHODS[cfg.mode], "tasks": ",".join(cfg.data.tasks),
             "dataset_hash": dataset_hash, "instruction_setting": cfg.data.instruction_setting,
-            "seed": str(cfg.train.seed)}
+            "seed": str(cfg.train.seed), "model": cfg.model, "model_source": model_source(cfg.model)}
 
 
 def seed_name(name: str, seed: int) -> str:
@@ -197,7 +198,10 @@ def train_run(
             if rows:
                 tracking.log_artifact(write_csv(rows, Path(tmp) / "val_table.csv"))
         tracking.set_tags({"stopped": result.stopped, "best_step": str(result.best_step),
-                           "checkpoint_path": str(ckpt or "")})
+                           "checkpoint_path": str(ckpt or ""),
+                           # the budget: training edits seen in all, and by the selected checkpoint
+                           "train_edits": str(budget(result.steps, cfg.train.batch_size)),
+                           "checkpoint_edits": str(budget(result.best_step, cfg.train.batch_size))})
         tracking.log_metrics({"train/steps": result.steps, "train/elapsed_s": time.time() - t0})
     return TrainOutcome(run_id, cfg.experiment, uri, name, ckpt, result.best_metrics, result.best_step,
                         result.steps, result.stopped, time.time() - t0, result)

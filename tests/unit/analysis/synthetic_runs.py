@@ -1,6 +1,10 @@
 """Synthetic but realistic tracked runs: the tags and metric names of docs/conventions.md, the numbers
 shaped like the paper's (InstructEdit > multi-task MEND > single-task off-task, ...).
 
+Evaluation metrics carry the interval keys of `instructedit evaluate` (`_ci_low`, `_ci_high`, `_n`;
+n = N_CASES per task) and instructed variants, except the FT-L run, which logs means only (as older
+runs do). Training runs log loss and val curves over steps with a best step and provenance tags.
+
 Used by the analysis unit tests and tests/integration/test_report.py (loaded by file path).
 """
 
@@ -14,20 +18,35 @@ HOLD_OUT = "zsre"
 FACT_METRICS = ("reliability", "generalization", "locality", "portability", "portability/reasoning")
 
 
-def _task_metrics(task: str, level: float, rng, split: str = "test") -> dict[str, float]:
-    """Metrics of one test task at a quality `level` in [0, 1]."""
+N_CASES = 64  # test cases per task behind the synthetic intervals
+
+
+def _task_metrics(task: str, level: float, rng, split: str = "test", intervals: bool = False) -> dict[str, float]:
+    """Metrics of one test task at a quality `level` in [0, 1]; with `intervals`, each also gets
+    `_ci_low`, `_ci_high` (a +-1.96 sd binomial band) and `_n`."""
     jitter = lambda: float(rng.uniform(-0.02, 0.02))
     if task == "convsent":
-        return {f"{split}/convsent/es": min(1.0, max(0.0, level + jitter())),
-                f"{split}/convsent/dd": max(0.0, 0.02 + 0.1 * (1 - level) + jitter() / 10)}
-    vals = {
-        "reliability": level,
-        "generalization": 0.9 * level,
-        "locality": 1.0 - 0.2 * level,
-        "portability": 0.4 * level,
-        "portability/reasoning": 0.35 * level,
-    }
-    return {f"{split}/{task}/{k}": min(1.0, max(0.0, v + jitter())) for k, v in vals.items()}
+        vals = {"es": min(1.0, max(0.0, level + jitter())),
+                "es_instructed": min(1.0, max(0.0, level + 0.03 + jitter())),
+                "dd": max(0.0, 0.02 + 0.1 * (1 - level) + jitter() / 10)}
+    else:
+        vals = {
+            "reliability": level,
+            "generalization": 0.9 * level,
+            "locality": 1.0 - 0.2 * level,
+            "portability": 0.4 * level,
+            "portability/reasoning": 0.35 * level,
+            "reliability_instructed": level + 0.05,
+        }
+        vals = {k: min(1.0, max(0.0, v + jitter())) for k, v in vals.items()}
+    out = {f"{split}/{task}/{k}": v for k, v in vals.items()}
+    if intervals:
+        for k, v in vals.items():
+            half = 0.05 if k == "dd" else 1.96 * float(np.sqrt(max(v * (1 - v), 0.01) / N_CASES))
+            out[f"{split}/{task}/{k}_ci_low"] = max(0.0, v - half)
+            out[f"{split}/{task}/{k}_ci_high"] = v + half if k == "dd" else min(1.0, v + half)
+            out[f"{split}/{task}/{k}_n"] = float(N_CASES)
+    return out
 
 
 def _tags(kind: str, mode: str, method: str, tasks, **extra) -> dict[str, str]:
@@ -37,35 +56,46 @@ def _tags(kind: str, mode: str, method: str, tasks, **extra) -> dict[str, str]:
 
 
 def _eval(experiment: str, name: str, mode: str, method: str, tasks, levels: dict[str, float], rng,
-          setting: str = "seen", uri: str | None = None, **extra) -> str:
+          setting: str = "seen", uri: str | None = None, intervals: bool = True, **extra) -> str:
     metrics = {}
     for task, level in levels.items():
-        metrics.update(_task_metrics(task, level, rng))
+        metrics.update(_task_metrics(task, level, rng, intervals=intervals))
     rel = [v for k, v in metrics.items() if k.endswith(("/reliability", "/es"))]
     metrics["test/avg/reliability"] = float(np.mean(rel))
-    tags = _tags("eval", mode, method, tasks, instruction_setting=setting, **extra)
+    tags = _tags("eval", mode, method, tasks, instruction_setting=setting, model="tiny-llama", **extra)
     with tracking.run(experiment, name, tags=tags, params={"eval.split": "test", "data.tasks": ",".join(tasks)},
                       tracking_uri=uri) as rid:
         tracking.log_metrics(metrics)
     return rid
 
 
+TRAIN_STEPS, VAL_EVERY, BEST_STEP = 30, 10, 20
+
+
 def _train(experiment: str, name: str, mode: str, method: str, tasks, rng, setting: str,
            uri: str | None = None) -> str:
-    params = {"train.batch_size": 8, "train.max_steps": 30, "editor.rank": 1920, "data.tasks": ",".join(tasks),
-              "data.instruction_setting": setting, "mode": mode}
-    with tracking.run(experiment, name, tags=_tags("train", mode, method, tasks, instruction_setting=setting),
-                      params=params, tracking_uri=uri) as rid:
-        for step in range(0, 30, 10):
+    """A training run: losses every 5 steps, val metrics every 10 (best at step 20), provenance tags."""
+    params = {"train.batch_size": 8, "train.max_steps": TRAIN_STEPS, "editor.rank": 1920, "model": "tiny-llama",
+              "train.seed": 0, "data.tasks": ",".join(tasks), "data.instruction_setting": setting, "mode": mode}
+    tags = _tags("train", mode, method, tasks, instruction_setting=setting, seed=0, model="tiny-llama",
+                 model_source="random weights, seed 0 (configs/models/tiny-llama.yaml)", best_step=BEST_STEP,
+                 train_edits=TRAIN_STEPS * 8, checkpoint_edits=BEST_STEP * 8, stopped="max_steps",
+                 command=f"instructedit train --config {name}")
+    with tracking.run(experiment, name, tags=tags, params=params, tracking_uri=uri) as rid:
+        for step in range(0, TRAIN_STEPS + 1, 5):
             tracking.log_metrics({"loss/total": 3.0 / (step + 1), "loss/edit": 2.0 / (step + 1),
                                   "loss/loc": 0.1, "train/edit_success": step / 30, "lr/edit_mean": 1e-4},
                                  step=step)
-        val = {}
-        for t in tasks:
-            val.update(_task_metrics(t, 0.7, rng, split="val"))
-        val["val/edit_success"] = 0.7
-        val["val/reliability"] = 0.7
-        tracking.log_metrics(val, step=30)
+        for step in range(VAL_EVERY, TRAIN_STEPS + 1, VAL_EVERY):
+            level = 0.7 - 0.1 * abs(step - BEST_STEP) / VAL_EVERY  # peaks at the best step
+            val = {}
+            for t in tasks:
+                val.update(_task_metrics(t, level, rng, split="val"))
+            val["val/edit_success"] = level
+            val["val/reliability"] = level
+            val["val/locality"] = 0.9
+            val["val/score"] = 0.5 * (level + 0.9)
+            tracking.log_metrics(val, step=step)
     return rid
 
 
@@ -76,23 +106,30 @@ def build(experiment: str = "synthetic", uri: str | None = None, seed: int = 0) 
     ids: dict[str, list[str]] = {}
     ids["pre"] = [_eval(experiment, "pre-edit", "pre-edit", "Pre-edit", TRAIN,
                         {t: 0.05 for t in everything}, rng, setting="none", uri=uri)]
+    # FT-L logs means only, as runs from before the intervals do: its bars have no error bars.
     ids["ftl"] = [_eval(experiment, "ft-l", "ft-l", "FT-L", TRAIN,
-                        {t: 0.4 for t in everything}, rng, setting="none", uri=uri)]
+                        {t: 0.4 for t in everything}, rng, setting="none", uri=uri, intervals=False)]
     ids["single"] = []
+    ids["train"] = []
     for t in TRAIN:
-        _train(experiment, f"mend-{t}", "single-task", "MEND (single-task)", [t], rng, "none", uri=uri)
+        ids["train"].append(_train(experiment, f"mend-{t}", "single-task", "MEND (single-task)", [t], rng, "none",
+                                   uri=uri))
         levels = {u: (0.8 if u == t else 0.15) for u in everything}
         ids["single"].append(_eval(experiment, f"mend-{t}-eval", "single-task", "MEND (single-task)", [t],
-                                   levels, rng, setting="none", uri=uri))
-    _train(experiment, "mend-multi", "multi-task", "MEND (multi-task)", TRAIN, rng, "none", uri=uri)
+                                   levels, rng, setting="none", uri=uri, editor_run=ids["train"][-1]))
+    ids["train"].append(_train(experiment, "mend-multi", "multi-task", "MEND (multi-task)", TRAIN, rng, "none",
+                               uri=uri))
     ids["multi"] = [_eval(experiment, "mend-multi-eval", "multi-task", "MEND (multi-task)", TRAIN,
-                          {t: 0.6 for t in everything}, rng, setting="none", uri=uri)]
-    _train(experiment, "instructedit", "instructedit", "InstructEdit", TRAIN, rng, "seen", uri=uri)
+                          {t: 0.6 for t in everything}, rng, setting="none", uri=uri, editor_run=ids["train"][-1])]
+    ids["train"].append(_train(experiment, "instructedit", "instructedit", "InstructEdit", TRAIN, rng, "seen",
+                               uri=uri))
     ids["instructedit"] = [
         _eval(experiment, "instructedit-seen", "instructedit", "InstructEdit", TRAIN,
-              {**{t: 0.85 for t in TRAIN}, HOLD_OUT: 0.75}, rng, setting="seen", uri=uri),
+              {**{t: 0.85 for t in TRAIN}, HOLD_OUT: 0.75}, rng, setting="seen", uri=uri,
+              editor_run=ids["train"][-1]),
         _eval(experiment, "instructedit-unseen", "instructedit", "InstructEdit", TRAIN,
-              {**{t: 0.8 for t in TRAIN}, HOLD_OUT: 0.7}, rng, setting="unseen", uri=uri),
+              {**{t: 0.8 for t in TRAIN}, HOLD_OUT: 0.7}, rng, setting="unseen", uri=uri,
+              editor_run=ids["train"][-1]),
     ]
     # Task scaling study: Recent -> +CounterFact -> +ConvSent, ZsRE held out.
     ids["scaling"] = []

@@ -19,8 +19,11 @@ def test_report_command_writes_and_logs(store, tmp_path, capsys):
     assert cli.main(["report", "--experiment", exp, "--tracking-uri", uri, "--out", str(out)]) == 0
     text = capsys.readouterr().out
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3  # the three run figures; no gradients here
+    # bars with intervals, plain vs instructed, training curves, and the paper's three; no gradients here
+    assert html.count("data:image/png;base64,") == 6
     assert "Editing-gradient PCA: no data" in html and 'class="results"' in html
+    assert "<h2>Provenance</h2>" in html and "instructedit train --config instructedit" in html
+    assert "Hatched bars have no interval: FT-L: not logged by the run" in html
     assert "#/experiments/" in html and "/runs/" in html  # links to MLflow runs
     assert (out / "tables" / "table3.md").exists() and (out / "figures" / "task_scaling.png").exists()
     rid = text.split("logged to MLflow run ")[1].split()[0]
@@ -43,6 +46,19 @@ def _stub_collector(monkeypatch, calls):
     mod = types.ModuleType("instructedit.editor.analysis")
     mod.collect_transformed_gradients = collect_transformed_gradients
     monkeypatch.setitem(sys.modules, "instructedit.editor.analysis", mod)
+
+    # The command resolves each --editor before collecting (api.resolve_checkpoint); these paths are
+    # stand-ins for the stub collector, so resolving them is stubbed too.
+    class Resolved:
+        def __init__(self, spec):
+            self.path = spec
+
+        def line(self):
+            return f"{self.path} (stub)"
+
+    import instructedit.api
+
+    monkeypatch.setattr(instructedit.api, "resolve_checkpoint", lambda spec, uri=None: Resolved(spec))
 
 
 def test_analyze_gradients_command_and_report(store, tmp_path, monkeypatch, capsys):

@@ -41,6 +41,47 @@ def test_tidy_table_from_tracked_runs(store, tidy):
     assert {"loss/total", "train/edit_success"} <= set(train["metric"])
 
 
+def test_interval_keys_fill_columns_of_their_metric(store, tidy):
+    _, _, ids = store
+    assert not tidy["metric"].str.endswith(("_ci_low", "_ci_high", "_n")).any()
+    r = tidy[(tidy["run_id"] == ids["instructedit"][0]) & (tidy["task"] == "zsre")
+             & (tidy["metric"] == "reliability")].iloc[0]
+    assert r["ci_low"] < r["value"] < r["ci_high"] and r["n"] == 64
+    ftl = tidy[(tidy["run_id"] == ids["ftl"][0]) & (tidy["split"] == "test")]
+    assert len(ftl) and ftl[["ci_low", "ci_high", "n"]].isna().all().all()  # logged means only
+    assert (tidy["metric"] == "reliability_instructed").any()
+
+
+def test_interval_key():
+    from analysis.runs import interval_key
+
+    assert interval_key("test/zsre/reliability_ci_low") == ("test/zsre/reliability", "ci_low")
+    assert interval_key("test/avg/portability/reasoning_n") == ("test/avg/portability/reasoning", "n")
+    assert interval_key("test/zsre/reliability") is None and interval_key("train/steps_n") is None
+
+
+def test_run_index_carries_provenance_tags(store):
+    from analysis.runs import run_index
+
+    uri, exp, ids = store
+    idx = run_index(exp, uri).set_index("run_id")
+    train = idx.loc[ids["train"][-1]]
+    assert (train["best_step"], train["seed"], train["train_edits"], train["model"]) == ("20", "0", "240", "tiny-llama")
+    assert train["command"].startswith("instructedit train") and len(train["git_commit"]) >= 7
+    assert idx.loc[ids["instructedit"][0], "editor_run"] == ids["train"][-1]
+
+
+def test_metric_histories(store):
+    from analysis.runs import metric_histories
+
+    uri, _, ids = store
+    h = metric_histories(ids["train"][:1], tracking_uri=uri)
+    assert set(h.columns) == {"run_id", "key", "step", "value"}
+    score = h[h["key"] == "val/score"].sort_values("step")
+    assert list(score["step"]) == [10, 20, 30] and score["value"].idxmax() == score.index[1]
+    assert (h["key"] == "loss/total").sum() == 7 and not h["key"].str.startswith("train/").any()
+
+
 def test_trial_params_and_study_tags_are_columns(tidy):
     trials = tidy[tidy["study"] == "task_scaling"]
     assert set(trials["n_train_tasks"]) == {1, 2, 3}

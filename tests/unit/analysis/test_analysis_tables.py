@@ -1,4 +1,5 @@
 import pandas as pd
+import pytest
 
 from analysis.tables import METHODS, table1, table3
 
@@ -24,12 +25,21 @@ def test_table3_shape_and_best(tidy, tmp_path):
 
     md = t.to_markdown()
     v = t.values.loc["InstructEdit", ("counterfact", "reliability")] * 100
-    assert f"**{v:.2f}**" in md
+    assert f"**{v:.0f}**" in md  # n = 64 cases: whole percents
     assert "counterfact/reliability" in md.splitlines()[2]
     csv = t.to_csv()
-    assert f"{v:.2f}*" in csv and csv.splitlines()[0].startswith("Method,counterfact/reliability")
+    assert f"{v:.0f}*" in csv and csv.splitlines()[0].startswith("Method,counterfact/reliability")
     html = t.to_html()
-    assert f"<b>{v:.2f}</b>" in html and "zsre (hold-out)" in html
+    assert f"<b>{v:.0f}</b>" in html and "zsre (hold-out)" in html
+    # the run's own 95% interval and n under the value; none for FT-L, which logged means only
+    iv = t.intervals[("InstructEdit", "counterfact", "reliability")]
+    lo, hi = iv["ci_low"] * 100, iv["ci_high"] * 100
+    assert iv["n"] == 64 and f'<span class="ci">{lo:.0f}–{hi:.0f}, n=64</span>' in html
+    assert t.interval_text("FT-L", ("counterfact", "reliability")) == ""
+    # plain metrics first, their instructed variants after, per task
+    cf = [m for task, m in t.values.columns if task == "counterfact"]
+    assert cf.index("reliability_instructed") > max(cf.index(m) for m in ("reliability", "locality", "portability"))
+    assert "reliability (instr.)" in html
     paths = t.save(tmp_path, "table3")
     assert all(p.stat().st_size > 0 for p in paths.values())
 
@@ -55,13 +65,35 @@ def test_tables_without_runs_are_empty_not_errors(tidy):
     assert table3(only_train).empty
 
 
-def test_formatting_is_x100_two_decimals():
+@pytest.mark.parametrize("n, decimals", [(None, 0), (16, 0), (99, 0), (100, 0), (999, 0), (1000, 1),
+                                         (5000, 1), (99_999, 1), (100_000, 2), (float("nan"), 0)])
+def test_decimals_follow_n(n, decimals):
+    from analysis.tables import decimals_for_n
+
+    assert decimals_for_n(n) == decimals
+
+
+def test_format_value_scales_from_the_registry():
+    from analysis.tables import MISSING, format_value
+
+    assert format_value(0.123456, 16, "reliability") == "12"
+    assert format_value(0.123456, 2000, "reliability") == "12.3"
+    assert format_value(0.123456, 200_000, "reliability_instructed") == "12.35"
+    assert format_value(0.0123, 16, "dd") == "0.01"  # a KL, shown as it is, two more decimals
+    assert format_value(0.0123, 2000, "dd") == "0.012"
+    assert format_value(float("nan"), 16, "reliability") == format_value(None) == MISSING
+
+
+def test_formatting_rounds_to_n():
     from analysis.tables import Table
 
     cols = pd.MultiIndex.from_tuples([("t", "reliability"), ("t", "dd")])
-    t = Table("x", pd.DataFrame([[0.123456, 0.5], [0.5, 0.1]], index=["A", "B"], columns=cols))
+    t = Table("x", pd.DataFrame([[0.123456, 0.5], [0.5, 0.1]], index=["A", "B"], columns=cols),
+              intervals={("A", "t", "reliability"): {"ci_low": 0.1, "ci_high": 0.15, "n": 4000}})
     f = t.formatted()
-    assert f.loc["A", ("t", "reliability")] == "12.35" and f.loc["B", ("t", "dd")] == "10.00"
+    assert f.loc["A", ("t", "reliability")] == "12.3" and f.loc["B", ("t", "reliability")] == "50"
+    assert f.loc["B", ("t", "dd")] == "0.10"  # no n: the coarse rule
+    assert t.interval_text("A", ("t", "reliability")) == "10.0–15.0, n=4000"
     assert t.best().loc["B", ("t", "reliability")] and t.best().loc["B", ("t", "dd")]
 
 

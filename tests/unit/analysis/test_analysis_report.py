@@ -1,0 +1,35 @@
+"""The report's provenance block, one run at a time (no MLflow needed)."""
+
+import pandas as pd
+
+from analysis.report import provenance
+
+
+def _row(**kw):
+    return pd.Series({"run_id": "r1", "kind": "", "method": "", **kw})
+
+
+def test_training_run_provenance_is_complete():
+    p = provenance(_row(kind="train", method="InstructEdit", git_commit="0123456789abcdef", dataset_hash="f" * 64,
+                        model="smollm2-135m", model_source="x/SmolLM2.gguf (configs/models/smollm2-135m.yaml)",
+                        best_step="20", seed="0", train_edits="320", checkpoint_edits="160",
+                        **{"params.train.batch_size": "8", "params.train.max_steps": "40"},
+                        command="python -m instructedit.demo"))
+    assert p["git commit"] == ("0123456789ab", "") and p["dataset hash"][0] == "f" * 16
+    assert p["model source"][0].startswith("x/SmolLM2.gguf") and p["checkpoint step"] == ("20", "selected by validation")
+    assert p["seed"] == ("0", "")
+    assert p["budget"][0] == "320 training edits (40 steps x batch 8); the selected checkpoint had seen 160"
+    assert p["command"] == ("python -m instructedit.demo", "")
+
+
+def test_baseline_and_missing_fields_say_so():
+    p = provenance(_row(kind="eval", method="Pre-edit", model="tiny-llama", source_name="demo.py"))
+    assert p["checkpoint step"][0] == "none" and p["seed"][0] == "none" and p["budget"][0] == "0 training edits"
+    # the source is looked up in the model registry, and flagged as not logged with the run
+    assert p["model source"][0].startswith("random weights") and "not logged" in p["model source"][1]
+    assert p["command"] == ("demo.py", "entry point only (no command tag)")
+    assert p["git commit"] == ("", "") and p["dataset hash"] == ("", "")  # shown as "not logged"
+    editor_eval = provenance(_row(kind="eval", method="InstructEdit", editor_run="abcdef0123"))
+    assert editor_eval["checkpoint step"][0] == "see editor run abcdef01" == editor_eval["budget"][0]
+    planned = provenance(_row(kind="train", **{"params.train.batch_size": "8", "params.train.max_steps": "30"}))
+    assert planned["budget"][0] == "up to 240 training edits (30 steps x batch 8)" and "planned" in planned["budget"][1]
