@@ -48,8 +48,11 @@ window.addEventListener('load', function () {
     tables: Array.from(document.querySelectorAll('table')).map(function (t) {
       var cells = Array.from(t.querySelectorAll('tbody td'));
       return {caption: t.caption ? t.caption.textContent : '', cls: t.className,
-              rows: t.querySelectorAll('tbody tr').length,
-              cells: cells.length, filled: cells.filter(function (c) { return c.textContent.trim(); }).length}; })
+              prov: !!t.closest('.prov'), rows: t.querySelectorAll('tbody tr').length,
+              cells: cells.length, filled: cells.filter(function (c) { return c.textContent.trim(); }).length,
+              intervals: t.querySelectorAll('span.ci').length,
+              fields: Array.from(t.querySelectorAll('tbody th')).map(function (h) { return h.textContent; })}; }),
+    h2: Array.from(document.querySelectorAll('h2')).map(function (h) { return h.textContent; })
   };
   var pre = document.createElement('pre'); pre.id = 'ie-check'; pre.textContent = JSON.stringify(r);
   document.body.appendChild(pre);
@@ -83,17 +86,20 @@ def test_report_end_to_end(tracking_uri, tmp_path):
     _check_in_headless_chromium(report_dir, tmp_path)
 
 
+FIGURES = {"task_bars", "instructed_vs_plain", "training_curves", "task_scaling", "convsent_balance", "seen_unseen",
+           "gradient_pca"}
+
+
 def _check_logged_and_self_contained(report_dir, tracking_uri):
     page = (report_dir / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == len(FIGURES)
     assert not re.search(r'(src|href)="(?!data:|http://127\.0\.0\.1)', page)  # nothing else to fetch
     runs = tracking.search_runs("e2e", filter_string="tags.kind = 'report'", tracking_uri=tracking_uri)
     assert len(runs) == 1
     arts = tracking.list_artifacts(runs["run_id"].iloc[0], tracking_uri=tracking_uri)
     assert {"report.html", "figures", "tables"} <= set(arts)
     figs = tracking.list_artifacts(runs["run_id"].iloc[0], "figures", tracking_uri=tracking_uri)
-    assert {"figures/task_scaling.png", "figures/convsent_balance.png", "figures/seen_unseen.png",
-            "figures/gradient_pca.png"} <= set(figs)
+    assert {f"figures/{name}.png" for name in FIGURES} <= set(figs)
 
 
 def _check_in_headless_chromium(report_dir, tmp_path):
@@ -105,9 +111,10 @@ def _check_in_headless_chromium(report_dir, tmp_path):
     m = re.search(r'<pre id="ie-check">(.*?)</pre>', res.stdout, re.DOTALL)
     assert m, f"no check output from chromium (rc {res.returncode}): {res.stderr[-2000:]}"
     seen = json.loads(html.unescape(m.group(1)))
-    assert len(seen["images"]) == 4
+    assert len(seen["images"]) == len(FIGURES)
     for img in seen["images"]:
         assert img["complete"] and img["width"] > 0 and img["height"] > 0, img
+    assert seen["h2"] == ["Tables", "Figures", "Provenance", "Runs"]
     captions = [t["caption"] for t in seen["tables"]]
     assert any(c.startswith("Table 3") for c in captions) and any(c.startswith("Table 1") for c in captions)
     assert any(c.startswith("Runs") for c in captions)
@@ -115,12 +122,31 @@ def _check_in_headless_chromium(report_dir, tmp_path):
         assert t["rows"] > 0 and t["cells"] > 0 and t["filled"] > 0, t
         if t["cls"] == "results":  # every cell of a results table holds a value or the missing mark
             assert t["filled"] == t["cells"], t
+            assert t["intervals"] > 0, t  # 95% intervals and n shown under the values
+    prov = [t for t in seen["tables"] if t["prov"]]
+    assert prov and all(t["fields"] == ["git commit", "dataset hash", "base model", "model source",
+                                        "checkpoint step", "seed", "budget", "command"] for t in prov)
+    assert all(t["filled"] == t["cells"] for t in prov)  # a value or "not logged", never blank
+    train = next(t for t in prov if t["caption"].startswith("instructedit ") and "train" in t["caption"])
+    assert train["rows"] == 8
 
     shot = report_dir / "report.png"
-    res = _chromium(["--window-size=1280,3200", f"--screenshot={shot}", (report_dir / "report.html").as_uri()],
+    res = _chromium(["--window-size=1280,6000", f"--screenshot={shot}", (report_dir / "report.html").as_uri()],
                     tmp_path / "profile2")
     assert shot.exists() and shot.stat().st_size > 20_000, res.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _check_screenshot(shot)
+
+
+def _check_screenshot(shot):
+    """The page as rendered: not blank, and the figures drew colour (bars and lines), not only text."""
+    from matplotlib.image import imread
+
+    img = imread(str(shot))[..., :3]
+    assert img.shape[0] >= 3000 and img.shape[1] == 1280
+    assert img.std() > 0.05  # a blank or failed page is one flat colour
+    sat = img.max(axis=2) - img.min(axis=2)  # text is grey: colour means the figures are there
+    assert (sat > 0.3).mean() > 0.01
 
 
 def _free_port() -> int:
