@@ -21,7 +21,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # The demo's results table: plain-probe metrics first, then the instructed variant of reliability.
-METRICS = ("reliability", "generalization", "locality", "portability", "reliability_instructed")
+METRICS = ("reliability", "reliability_instructed", "generalization", "locality", "portability")
 HEADS = {"reliability_instructed": "rel.(instr.)"}
 
 
