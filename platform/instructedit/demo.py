@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import sys
 import time
@@ -74,11 +75,22 @@ def read_summary(folder: Path) -> dict[str, dict[str, dict]]:
 
 
 def _quietly(log, fn, *a):
-    """Run a step with its stdout in the log file (the demo prints its own one-line summary)."""
+    """Run a step with its output in the log file (the demo prints its own one-line summary); when it
+    fails, its last lines are shown here too."""
     if log is None:
         return fn(*a)
-    with contextlib.redirect_stdout(log):
-        return fn(*a)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            rc = fn(*a)
+    except BaseException:
+        print(buf.getvalue()[-3000:], file=sys.stderr, end="")
+        raise
+    finally:
+        log.write(buf.getvalue())
+    if isinstance(rc, int) and rc:
+        print(buf.getvalue()[-3000:], file=sys.stderr, end="")
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
