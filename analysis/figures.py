@@ -19,7 +19,18 @@ from matplotlib.figure import Figure
 
 from .pca import centroid_accuracy, pca
 from .runs import split_tasks
-from .tables import METHODS, SCALE, _cell_rows, _eval_rows, cell_interval, metric_scale, order_tasks, prefer
+from .tables import (
+    INSTRUCTED_MODES,
+    METHODS,
+    SCALE,
+    SINGLE_TASK,
+    _cell_rows,
+    _eval_rows,
+    cell_interval,
+    metric_scale,
+    order_tasks,
+    prefer,
+)
 
 PRIMARY = ("reliability", "es")  # the edit-success metric of each kind of task
 # Per-task bars: the plain-probe headline metrics (es for ConvSent, reliability for the others).
@@ -83,7 +94,7 @@ def cell_data(tidy: pd.DataFrame, split: str = "test", metrics=BAR_METRICS) -> p
     rows = rows[rows["metric"].isin(metrics) & (rows["method"] != "")]
     out = []
     for (method, task, metric), g in rows.groupby(["method", "task", "metric"], sort=False):
-        if method == "MEND (single-task)":
+        if method in SINGLE_TASK:
             g = prefer(g, lambda r, t=task: r["tasks"].map(split_tasks).map(lambda ts: ts == [t]))
         g = _cell_rows(g)
         iv = cell_interval(g)
@@ -283,7 +294,7 @@ def task_scaling_data(tidy: pd.DataFrame, split: str = "test",
         rows = rows[rows["study"] == study]
     else:
         scaling = rows[rows["study"].str.contains("scal", case=False, na=False)]
-        rows = scaling if not scaling.empty else rows[(rows["kind"] == "trial") & (rows["mode"] == "instructedit")]
+        rows = scaling if not scaling.empty else rows[(rows["kind"] == "trial") & rows["mode"].isin(INSTRUCTED_MODES)]
     if rows.empty:
         return pd.DataFrame(columns=["n_train_tasks", "train_tasks", "task", "metric", "value", "n_runs"])
     g = rows.groupby(["n_train_tasks", "task", "metric"])
@@ -360,7 +371,7 @@ def instruction_data(tidy: pd.DataFrame, split: str = "test",
                      metrics=("reliability", "generalization", "es")) -> pd.DataFrame:
     rows = _test_rows(tidy, split)
     rows = rows[rows["instruction_setting"].isin(["seen", "unseen"]) & rows["metric"].isin(metrics)]
-    rows = rows[rows["mode"].isin(["instructedit", ""])]
+    rows = rows[rows["mode"].isin([*INSTRUCTED_MODES, ""])]
     # The same editor under both settings: evaluation runs outside studies when there are any.
     rows = prefer(rows, lambda r: r["kind"] == "eval", lambda r: r["study"] == "")
     if rows.empty:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 from instructedit import tracking
+from instructedit.editor import methods as registry
 
 from . import figures, gradients, tables
 from .runs import load_runs, metric_histories, run_index, search
@@ -268,7 +269,8 @@ def provenance(r: pd.Series) -> dict[str, tuple[str, str]]:
     from instructedit.provenance import model_source
 
     out: dict[str, tuple[str, str]] = {}
-    untrained = str(r.get("method") or "") in ("Pre-edit", "FT-L") and str(r.get("kind") or "") == "eval"
+    method = registry.by_display(str(r.get("method") or ""))
+    untrained = method is not None and not method.trained and str(r.get("kind") or "") == "eval"
     editor_run = _value(r, "editor_run")
     commit = _value(r, "git_commit")
     out["git commit"] = (commit[:12] if commit and commit != "unknown" else "", "")
@@ -291,7 +293,7 @@ def provenance(r: pd.Series) -> dict[str, tuple[str, str]]:
     elif editor_run:
         out["checkpoint step"] = (f"see editor run {editor_run[:8]}", "")
     elif untrained:
-        out["checkpoint step"] = ("none", "no trained editor")  # Pre-edit, FT-L
+        out["checkpoint step"] = ("none", "no trained editor")  # Pre-edit, FT-L, ROME, ...
     else:
         out["checkpoint step"] = ("", "")
     seed = _value(r, "seed", "params.train.seed")
@@ -312,11 +314,13 @@ def provenance(r: pd.Series) -> dict[str, tuple[str, str]]:
     elif editor_run:
         out["budget"] = (f"see editor run {editor_run[:8]}", "")
     elif untrained:
-        if str(r.get("method")) == "FT-L":
-            ftl = _value(r, "params.ftl.steps")
-            out["budget"] = ("0 training edits", f"fine-tunes {ftl or '?'} steps on each edit")
-        else:
+        if method.reference:
             out["budget"] = ("0 training edits", "the unedited model")
+        else:  # evaluate logs the method's hyperparameters as <name without dashes>.<field>
+            key = method.name.replace("-", "")
+            steps = _value(r, f"params.{key}.steps", f"params.{key}.target.steps")
+            note = f"{method.display} computes each edit at evaluation time ({steps or '?'} steps per edit)"
+            out["budget"] = ("0 training edits", note)
     else:
         out["budget"] = ("", "")
     cmd = _value(r, "command")

@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from instructedit.editor import methods as registry
 
 from .runs import higher_is_better, split_tasks
 
-METHODS = ("Pre-edit", "FT-L", "MEND (single-task)", "MEND (multi-task)", "InstructEdit")
-BASELINES = ("Pre-edit",)
+METHODS = tuple(m.display for m in registry.METHODS)  # row order: the method registry's
+BASELINES = tuple(m.display for m in registry.METHODS if m.reference)  # shown, never marked best
+SINGLE_TASK = tuple(m.display for m in registry.METHODS if m.single_task)  # one editor per task
+SINGLE_TASK_MODES = tuple(m.name for m in registry.METHODS if m.single_task)
+INSTRUCTED_MODES = tuple(m.name for m in registry.METHODS if m.instructed)  # trained with instructions
 PLAIN_METRICS = ("reliability", "generalization", "locality", "portability", "es", "dd")
 # Plain probes first, then the same questions with the task instruction (every method has both).
 METRICS = PLAIN_METRICS + ("reliability_instructed", "generalization_instructed", "portability_instructed",
@@ -290,7 +294,7 @@ def table3(tidy: pd.DataFrame, split: str = "test", tasks=None, metrics=METRICS,
     for (method, task, metric), g in rows.groupby(["method", "task", "metric"], sort=False):
         if task not in metrics_by_task or metric not in metrics_by_task[task]:
             continue
-        if method == "MEND (single-task)":
+        if method in SINGLE_TASK:
             g = prefer(g, lambda r, t=task: r["tasks"].map(split_tasks).map(lambda ts: ts == [t]))
         g = _cell_rows(g)
         cells[(method, task, metric)] = float(g["value"].mean())
@@ -311,7 +315,7 @@ def table1(tidy: pd.DataFrame, split: str = "test", tasks=None,
            hold_out=HOLD_OUT) -> Table:
     """Single-task editors (rows: the task each was trained on) applied to every task (columns)."""
     rows = _eval_rows(tidy, split)
-    rows = rows[(rows["mode"] == "single-task") & (rows["n_train_tasks"] == 1)]
+    rows = rows[rows["mode"].isin(SINGLE_TASK_MODES) & (rows["n_train_tasks"] == 1)]
     tasks, metrics_by_task = _columns(rows, tasks, metrics, hold_out)
     cells, run_ids, intervals = {}, {}, {}
     for (train_task, task, metric), g in rows.groupby(["tasks", "task", "metric"], sort=False):

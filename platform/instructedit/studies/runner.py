@@ -369,9 +369,9 @@ def _replace(spec: StudySpec, **changes) -> StudySpec:
 
 
 def _method(cfg: RunConfig) -> str:
-    from ..train.run import METHODS
+    from ..editor import methods
 
-    return METHODS.get(cfg.mode, cfg.mode)
+    return methods.get(cfg.mode).display
 
 
 # ------------------------------------------------------------------------------------- results

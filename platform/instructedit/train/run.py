@@ -28,11 +28,11 @@ import yaml
 
 from .. import tracking
 from ..config import ConfigError, RunConfig, apply_overrides, flatten, load_task, to_dict
+from ..editor import methods
 from ..provenance import budget, model_source
 from .checkpoint import EDITOR_FILE
 from .trainer import RayTrainResult, WorkerHooks, init_ray, storage_root, train_on_ray
 
-METHODS = {"single-task": "MEND (single-task)", "multi-task": "MEND (multi-task)", "instructedit": "InstructEdit"}
 RUN_INFO = "instructedit.json"  # in storage/<name>/: which MLflow run a resumed training continues
 
 
@@ -73,7 +73,7 @@ def dataset_manifest(cfg: RunConfig, train: list, val: list) -> tuple[str, str]:
 
 
 def run_tags(cfg: RunConfig, dataset_hash: str) -> dict[str, str]:
-    return {"kind": "train", "mode": cfg.mode, "method": METHODS[cfg.mode], "tasks": ",".join(cfg.data.tasks),
+    return {"kind": "train", "mode": cfg.mode, "method": methods.get(cfg.mode).display, "tasks": ",".join(cfg.data.tasks),
             "dataset_hash": dataset_hash, "instruction_setting": cfg.data.instruction_setting,
             "seed": str(cfg.train.seed), "model": cfg.model, "model_source": model_source(cfg.model)}
 

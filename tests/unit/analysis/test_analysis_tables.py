@@ -6,7 +6,9 @@ from analysis.tables import METHODS, table1, table3
 
 def test_table3_shape_and_best(tidy, tmp_path):
     t = table3(tidy)
-    assert list(t.values.index) == list(METHODS)
+    # registry order; the synthetic runs have no ROME/MEMIT/AlphaEdit rows
+    assert list(t.values.index) == [m for m in METHODS if m in set(tidy["method"])]
+    assert list(t.values.index) == ["Pre-edit", "FT-L", "MEND (single-task)", "MEND (multi-task)", "InstructEdit"]
     tasks = list(dict.fromkeys(t.values.columns.get_level_values(0)))
     assert tasks == ["counterfact", "recent", "convsent", "zsre"]  # hold-out last
     assert ("convsent", "es") in t.values.columns and ("convsent", "dd") in t.values.columns

@@ -10,8 +10,9 @@ from instructedit import tracking
 from instructedit.cli import build_parser
 from instructedit.config import load_run_config
 from instructedit.data.record import EditRecord
+from instructedit.editor import methods
 from instructedit.train import checkpoint as ck
-from instructedit.train.run import METHODS, dataset_manifest, run_tags, val_table, write_csv
+from instructedit.train.run import dataset_manifest, run_tags, val_table, write_csv
 from instructedit.train.trainer import WorkerHooks, canonical_order, resolve_use_gpu
 
 
@@ -79,7 +80,7 @@ def test_manifest_hash_and_tags(tmp_path):
     text2, h2 = dataset_manifest(cfg2, [], [])
     assert text2 == '{"tasks": ["recent"]}\n' and h2 != h
     tags = run_tags(cfg, h)
-    assert tags["kind"] == "train" and tags["method"] == METHODS["instructedit"] == "InstructEdit"
+    assert tags["kind"] == "train" and tags["method"] == methods.get("instructedit").display == "InstructEdit"
     assert tags["tasks"] == "counterfact,recent" and tags["dataset_hash"] == h
 
 
