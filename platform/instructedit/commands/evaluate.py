@@ -177,7 +177,9 @@ def _log(args, result, tags, editor_run, info, setting, instructed_edit: bool, t
     same_setting = editor_run is not None and editor_run.data.tags.get("instruction_setting", setting) == setting
     if editor_run is not None and same_setting and not args.new_run:
         rid = runner.log_results(result, args.split, run_id=args.run, tracking_uri=args.tracking_uri)
-        print(f"logged to editor run {rid}")
+        from .. import tracking
+
+        print(f"logged to editor {tracking.logged_to(rid, args.tracking_uri)}")
         return rid
     experiment = args.experiment or info.get("experiment") or "instructedit"
     extra = {"model": info.get("model") or args.model}
@@ -193,7 +195,9 @@ def _log(args, result, tags, editor_run, info, setting, instructed_edit: bool, t
                                      **(target.params() if target is not None else {})},
                              tracking_uri=args.tracking_uri,
                              run_name=f"eval-{tags['mode']}-{args.split}-{setting}")
-    print(f"logged to new eval run {rid} (experiment {experiment})")
+    from .. import tracking
+
+    print(f"logged to new eval {tracking.logged_to(rid, args.tracking_uri, experiment)}")
     return rid
 
 
@@ -244,7 +248,7 @@ def _sequential(args, target, records, setting, out, tags, editor_run, info, say
         for k, m in sequential_metrics(rows):
             tracking.log_metrics(m, step=k, run_id=rid)
         tracking.log_artifact(out / "sequential.csv", f"eval/{args.split}", run_id=rid)
-        print(f"logged to run {rid}")
+        print(f"logged to {tracking.logged_to(rid, args.tracking_uri)}")
     return 0
 
 

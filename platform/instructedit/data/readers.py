@@ -17,7 +17,6 @@ position, so adding records to a file never renames the others.
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 import hashlib
 import json

@@ -503,11 +503,10 @@ def best_from_mlflow(parent_run_id: str, tracking_uri: str | None = None, dst: s
     if not best_run:
         raise LookupError(f"study run {parent_run_id} has no best trial (no trial finished)")
     cfg_path = tracking.download_artifacts(parent_run_id, "best/config.yaml", dst, tracking_uri)
+    from ..editor.checkpoint import resolve
+
     ckpt_dir = tracking.download_artifacts(best_run, "checkpoint", dst, tracking_uri)
-    hits = sorted(Path(ckpt_dir).rglob("editor.pt"))
-    if not hits:
-        raise LookupError(f"best trial run {best_run} has no checkpoint/editor.pt artifact")
-    return yaml.safe_load(Path(cfg_path).read_text()), hits[0]
+    return yaml.safe_load(Path(cfg_path).read_text()), resolve(ckpt_dir).path
 
 
 __all__ = [
