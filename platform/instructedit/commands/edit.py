@@ -60,7 +60,7 @@ def _fail(msg: str) -> int:
 
 
 def _short(text: str, n: int = 90) -> str:
-    text = text.replace("\n", "\\n")
+    """Cut to n characters; callers print it with !r, which already shows newlines as \\n."""
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
