@@ -21,7 +21,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# The demo's results table: plain-probe metrics first, then the instructed variant of reliability.
+# The demo's results table: reliability on plain probes beside the same probes with the instruction,
+# then the other plain-probe metrics.
 METRICS = ("reliability", "reliability_instructed", "generalization", "locality", "portability")
 HEADS = {"reliability_instructed": "rel.(instr.)"}
 
