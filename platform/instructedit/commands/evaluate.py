@@ -280,7 +280,7 @@ def _compare_cases(src) -> int:
     from ..evaluate import compare
 
     df = compare.read_cases(src)
-    text = "## Methods (mean [95% bootstrap CI], x100 except dd)\n\n" + compare.interval_table(df, COMPARE_METRICS)
+    text = "## Methods (mean [95% bootstrap CI], x100 except dd)\n\n" + compare.long_table(df, COMPARE_METRICS)
     methods = set(df["method"])
     for a, b in (("InstructEdit", "MEND (multi-task)"), ("InstructEdit", "Pre-edit")):
         if {a, b} <= methods:

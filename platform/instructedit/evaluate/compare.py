@@ -111,6 +111,26 @@ def interval_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None
     return "\n".join(lines)
 
 
+def long_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = None,
+               methods: list[str] | None = None) -> str:
+    """Markdown, one row per task x metric and a column per method (`mean [95% CI]`): readable
+    when there are many metrics; n is the number of cases of the task."""
+    tasks = tasks or sorted(df["task"].unique(), key=lambda t: (t == "zsre", t))
+    methods = methods or methods_in_order(df)
+    heads = []
+    for method in methods:
+        seeds = df[df["method"] == method]["seed"].nunique()
+        heads.append(method + (f" ({seeds} seeds)" if seeds > 1 else ""))
+    lines = ["| task | metric | n | " + " | ".join(heads) + " |", "|---|---|---:|" + "---:|" * len(methods)]
+    for t in tasks:
+        n = df[df["task"] == t]["case_id"].nunique()
+        for m in order(metrics):
+            cells = [cell(df, method, t, m) for method in methods]
+            if any(cells):
+                lines.append(f"| {t} | {m} | {n} | " + " | ".join(fmt(c.est, m) if c else "–" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def difference_table(df: pd.DataFrame, a: str, b: str, metrics: list[str], tasks: list[str] | None = None) -> str:
     """Markdown: `a - b` per task and metric with the paired 95% interval and n."""
     tasks = tasks or sorted(df["task"].unique(), key=lambda t: (t == "zsre", t))

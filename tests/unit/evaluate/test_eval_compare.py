@@ -42,3 +42,13 @@ def test_seeds_are_one_row_and_differences_are_paired(tmp_path):
     assert "InstructEdit (2 seeds)" in table and "zsre reliability (n=60)" in table
     assert table.index("zsre reliability (n=60)") < table.index("reliability_instructed")
     assert "MEND (multi-task)" in compare.difference_table(df, "InstructEdit", "MEND (multi-task)", ["reliability"])
+
+
+def test_long_table_rows_per_task_and_metric(tmp_path):
+    _write(tmp_path, "pre", "Pre-edit", 0, [0.0, 1.0, 0.0, 0.0])
+    _write(tmp_path, "ie", "InstructEdit", 0, [1.0, 1.0, 1.0, 0.0])
+    text = compare.long_table(compare.read_cases(tmp_path), ["reliability", "reliability_instructed"])
+    lines = text.splitlines()
+    assert lines[0] == "| task | metric | n | Pre-edit | InstructEdit |"
+    assert lines[2].startswith("| zsre | reliability | 4 | 25.0 [") and "| 75.0 [" in lines[2]
+    assert lines[3].startswith("| zsre | reliability_instructed | 4 |")
