@@ -32,14 +32,20 @@ def test_evaluate_command(tmp_path, tracking_uri, shared_data, capsys):
                  "zsre", "--out", str(evals / "pre"), *COMMON]) == 0
     cases = pd.read_parquet(evals / "pre" / "cases.parquet")
     assert set(cases["task"]) == {"counterfact", "convsent", "zsre"} and len(cases) == 6
-    assert set(cases["instruction_setting"]) == {"none"}
+    # baselines edit from the plain prompt; the instructed probe columns use the seen instructions
+    assert set(cases["instruction_setting"]) == {"seen"}
+    assert cases[cases["task"] == "counterfact"]["reliability_instructed"].notna().all()
+    summary = json.loads((evals / "pre" / "summary.json").read_text())
+    assert set(summary["zsre"]["reliability"]) == {"mean", "ci_low", "ci_high", "n"}
+    assert summary["zsre"]["reliability"]["n"] == 2
     runs = tracking.search_runs("instructedit")
     pre = runs[runs["tags.method"] == "Pre-edit"].iloc[0]
     assert pre["tags.kind"] == "eval" and pre["tags.mode"] == "pre-edit"
     assert "metrics.test/counterfact/reliability" in runs and "metrics.test/avg/locality" in runs
+    assert "metrics.test/counterfact/reliability_ci_low" in runs and "metrics.test/zsre/reliability_gen_n" in runs
     assert pre["metrics.test/convsent/dd"] == 0.0
-    assert set(tracking.list_artifacts(pre["run_id"], "eval/test")) == {"eval/test/cases.parquet",
-                                                                        "eval/test/summary.csv"}
+    assert set(tracking.list_artifacts(pre["run_id"], "eval/test")) == {
+        "eval/test/cases.parquet", "eval/test/summary.csv", "eval/test/summary.json"}
 
     # An editor checkpoint tracked as a training run -> evaluated with --run, logged to that run.
     cfg = load_run_config(None, {"model": "tiny-llama", "mode": "instructedit", "editor.rank": 8,
@@ -69,8 +75,8 @@ def test_evaluate_command(tmp_path, tracking_uri, shared_data, capsys):
     assert main(["evaluate", "--compare-table", str(evals)]) == 0
     printed = capsys.readouterr().out
     assert "Pre-edit" in printed and "InstructEdit" in printed
-    md = (evals / "table3.md").read_text()
-    assert "zsre/reliability" in md and (evals / "table3.csv").exists()
+    md = (evals / "table.md").read_text()  # per-case folders: intervals, seeds aggregated
+    assert "| zsre | reliability | 2 |" in md and "| zsre | reliability_instructed | 2 |" in md
     capsys.readouterr()
     assert main(["evaluate", "--compare-table", "instructedit", "--out", str(tmp_path / "t")]) == 0
     printed = capsys.readouterr().out
