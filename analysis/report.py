@@ -95,13 +95,19 @@ def _gradient_groups(experiment: str, extra: list[str | Path], tracking_uri: str
 
 def build_report(experiment: str, out_dir: str | Path | None = None, tracking_uri: str | None = None,
                  log: bool = True, gradient_files: list[str | Path] | None = None,
-                 ui_url: str = DEFAULT_UI, split: str = "test") -> Report:
+                 ui_url: str = DEFAULT_UI, split: str = "test", run_ids: list[str] | None = None) -> Report:
+    """`run_ids`: only these runs (and their child runs), e.g. one demo's training and evaluation
+    runs; default every run of the experiment (several runs behind a cell are averaged)."""
     out_dir = Path(out_dir) if out_dir else default_out_dir(experiment)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     rep = Report(path=out_dir / "report.html", out_dir=out_dir)
     tidy = load_runs(experiment, tracking_uri)
     index = run_index(experiment, tracking_uri)
+    if run_ids:
+        keep = set(run_ids)
+        keep |= set(index.loc[index["parent_run_id"].isin(keep), "run_id"])
+        tidy, index = tidy[tidy["run_id"].isin(keep)], index[index["run_id"].isin(keep)]
     body: list[str] = []
 
     # ------------------------------------------------------------------------------ tables
@@ -192,7 +198,8 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     head = (
         f"<h1>InstructEdit report: {html.escape(experiment)}</h1>"
-        f"<p>{len(index)} runs, tracking store <code>{html.escape(uri)}</code>, generated {now}. "
+        f"<p>{len(index)} runs{' (chosen with --runs)' if run_ids else ''}, tracking store "
+        f"<code>{html.escape(uri)}</code>, generated {now}. "
         f"Run links open the MLflow UI at {html.escape(ui_url)} (start it with <code>instructedit ui</code>)."
         " Values are x100 (shares; dd as it is), rounded to what the n cases behind them support: whole "
         "percents below 1,000 cases, one decimal from 1,000. Intervals are 95% bootstrap intervals over "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import sys
 import time
@@ -163,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
 
     _banner("4/4 report", t0)
     report_dir = work / "reports" / cfg.experiment
-    _quietly(log, cli, ["report", "--experiment", cfg.experiment, "--tracking-uri", uri, "--out", str(report_dir)])
+    # This demo's runs only: earlier demos in the same experiment would be averaged into its cells.
+    ids = [out.run_id] + [json.loads((evals / m / "run.json").read_text()).get("run_id", "")
+                          for m in ("pre-edit",) if (evals / m / "run.json").exists()]
+    _quietly(log, cli, ["report", "--experiment", cfg.experiment, "--tracking-uri", uri, "--out", str(report_dir),
+                        "--runs", *[i for i in ids if i]])
     figs = sorted(p.stem for p in (report_dir / "figures").glob("*.png"))
     print(f"[demo] report: {report_dir / 'report.html'} (figures: {', '.join(figs) or 'none'})", flush=True)
 

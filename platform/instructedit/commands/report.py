@@ -20,6 +20,9 @@ def add_arguments(p) -> None:
                    "latest one logged to the experiment)")
     p.add_argument("--ui-url", default="http://127.0.0.1:5000", help="MLflow UI address the run links use")
     p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    p.add_argument("--runs", nargs="+", metavar="RUN_ID",
+                   help="only these MLflow runs and their child runs (default: every run of the experiment; "
+                        "several runs behind one cell are averaged, without an interval)")
 
 
 def run(args) -> int:
@@ -27,7 +30,7 @@ def run(args) -> int:
 
     rep = build_report(args.experiment, out_dir=args.out, tracking_uri=args.tracking_uri,
                        log=not args.no_log, gradient_files=args.gradients, ui_url=args.ui_url,
-                       split=args.split)
+                       split=args.split, run_ids=args.runs)
     for note in rep.notes:
         print(f"note: {note}")
     print(f"tables:  {', '.join(str(p) for p in rep.tables.values()) or 'none'}")

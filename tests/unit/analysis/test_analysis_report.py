@@ -33,3 +33,17 @@ def test_baseline_and_missing_fields_say_so():
     assert editor_eval["checkpoint step"][0] == "see editor run abcdef01" == editor_eval["budget"][0]
     planned = provenance(_row(kind="train", **{"params.train.batch_size": "8", "params.train.max_steps": "30"}))
     assert planned["budget"][0] == "up to 240 training edits (30 steps x batch 8)" and "planned" in planned["budget"][1]
+
+
+def test_report_of_chosen_runs_only(store, tmp_path):
+    """`--runs`: one experiment's earlier runs are not averaged into the cells (the demo passes its own)."""
+    from analysis.report import build_report
+
+    uri, exp, ids = store
+    chosen = [ids["pre"][0], ids["instructedit"][0], ids["train"][-1]]
+    rep = build_report(exp, out_dir=tmp_path / "rep", tracking_uri=uri, log=False, run_ids=chosen)
+    page = rep.path.read_text()
+    assert "3 runs (chosen with --runs)" in page
+    assert page.count("<caption><a href=") == 3  # one provenance block per chosen run
+    assert "mend-multi" not in page and "Hatched bars" not in page  # one run per cell: every interval shown
+    assert {"task_bars", "instructed_vs_plain", "training_curves"} <= set(rep.figures)
