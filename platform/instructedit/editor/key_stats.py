@@ -168,6 +168,7 @@ def _write(path: Path, payload: dict) -> None:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
         os.replace(tmp, path)  # a reader sees the whole file or none
     finally:
         if os.path.exists(tmp):

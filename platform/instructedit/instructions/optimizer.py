@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TaskConfig, load_task
+from ..editor import methods
 from . import prompts
 from .cache import CachedWriter, JsonCache
 from .candidates import clean, dedupe_key, required_slots
@@ -148,7 +149,7 @@ def optimize(
         **{f"optimize.{k}": v for k, v in asdict(cfg).items() if k not in ("tracking_uri", "cache_dir")},
         "scorer": sid[:500], "slots": ",".join(slots),
     }
-    tags = {"kind": "optimize", "mode": "instructedit", "method": "InstructEdit", "tasks": task_cfg.name,
+    tags = {"kind": "optimize", **methods.get("instructedit").tags(), "tasks": task_cfg.name,
             "writer_backend": writer.backend, "writer_model": writer.model}
     history: list[Candidate] = []
     summaries: list[RoundSummary] = []

@@ -66,3 +66,24 @@ def test_evaluate_batch_with_the_method_raises_reliability(name, llama, stats_te
     assert mean(post, "reliability") > mean(pre, "reliability")
     assert set(pre[0]) == set(post[0])  # the same probes and metrics as every other method
     assert mean(post, "locality") > 0.5
+
+
+def test_eval_targets_build_through_the_registry(llama, stats_text, key_cache):
+    from instructedit.editor.editable import EditableModel
+    from instructedit.evaluate import runner
+
+    t = runner.EvalTarget("rome", model="tiny-llama", hparams={"stats": {"text_file": stats_text}, "layer": 2})
+    ident = t.identity()
+    assert ident["hparams"]["layer"] == 2 and ident["hparams"]["target"]["steps"] == 25  # resolved YAML
+    assert t.params()["rome.stats.text_file"] == stats_text and runner.method_tags("rome")["method"] == "ROME"
+    em, make = runner.build(t)
+    assert isinstance(em, EditableModel) and em.names == ["model.layers.2.mlp.down_proj"] and callable(make)
+    assert runner.EvalTarget("ft-l", model="tiny-llama", hparams={"steps": 3}).params() == {
+        "ftl.steps": 3, "ftl.lr": 0.01, "ftl.norm_bound": 1.0}
+    assert runner.method_tags("editor", "") == {"mode": "instructedit", "method": "InstructEdit"}
+    with pytest.raises(ValueError, match="is trained"):
+        runner.EvalTarget("multi-task", model="tiny-llama")
+    with pytest.raises(ConfigError, match="unknown method"):
+        runner.EvalTarget("rome2", model="tiny-llama")
+    with pytest.raises(ConfigError, match="ft-l.yaml"):
+        runner.EvalTarget("ft-l", model="tiny-llama", hparams={"stats": {}}).hyperparameters()
