@@ -33,7 +33,6 @@ from ..editor.editable import no_edits  # noqa: F401  (the methods' make_edits l
 from ..editor.hooks import patched
 from ..editor.mend import mend_edits  # noqa: F401
 from . import generation
-from .metrics import edit_success  # noqa: F401  (re-exported for callers of core)
 
 MakeEdits = Callable[[TokenBatch, torch.Tensor], "dict | None"]
 INSTRUCTED = "_instructed"
@@ -75,6 +74,7 @@ class BatchedForward:
         self.editor, self.edits, self.max_tokens = editor, edits, max_tokens
         self._last: tuple[TokenBatch, list, torch.Tensor] | None = None  # (batch, chunks, order)
         self._generated: tuple | None = None  # (key, continuations, prompts) of the last pre-edit call
+        self._same: dict[str, torch.Tensor] = {}  # outputs of the current batch, when pre == post
 
     def _chunks(self, batch: TokenBatch):
         if self._last is None or self._last[0] is not batch:  # pre and post of a batch come together
@@ -93,7 +93,7 @@ class BatchedForward:
                 sub = batch.select(g)
                 chunks.append((sub, self.editor.lower(sub)))
             self._last = (batch, chunks, answer_order(batch, groups))
-            self._same: dict[str, torch.Tensor] = {}  # outputs of this batch, when pre == post
+            self._same = {}
         return self._last[1], self._last[2]
 
     def _per_chunk(self, batch: TokenBatch, post: bool, kind: str, fn) -> torch.Tensor:
