@@ -1,7 +1,7 @@
 """InstructEdit: instruction-based knowledge editing on Ray."""
 
 # The editing API loads lazily (PEP 562) so `import instructedit` stays light (no torch).
-_API = ("load_editor", "EditRequest", "read_requests", "EditResult", "RequestError")
+_API = ("load_editor", "load_method", "EditRequest", "read_requests", "EditResult", "RequestError")
 
 __all__ = list(_API)
 

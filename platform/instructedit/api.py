@@ -1,6 +1,6 @@
-"""Apply a trained editor to a model: the Python API behind `instructedit edit`.
+"""Apply an editing method to a model: the Python API behind `instructedit edit`.
 
-    from instructedit import load_editor, EditRequest
+    from instructedit import load_editor, load_method, EditRequest
 
     editor = load_editor("runs/my-run-20250101-120000-123")   # its best checkpoint; or editor.pt, or a run id
     result = editor.edit([EditRequest("The Eiffel Tower is in", "Rome", task="counterfact")])
@@ -8,12 +8,15 @@
     result.save("edited-model")   # a plain Hugging Face model + MODEL_CARD.md + edits.json
     result.revert()            # the original weights, bit for bit
 
+    rome = load_method("rome", "smollm2-135m")   # an untrained method of the registry, same edit()
+
 A request's instruction: `instruction` if given (explicit text, used as is); else, with `task`, an
 instruction of that task's pool with the task template applied, picked the way the editor was
 trained: the fixed id of an `id:<id>` run, otherwise the pool's first seen instruction (or a seeded
 choice per request with `load_editor(..., instruction_seed=N)`). ConvSent's [TOPIC] slot takes
 `subject`, [LABEL] takes `label`. An editor trained without instructions (multi-task MEND) gets
-the plain prompt whatever the task says.
+the plain prompt whatever the task says; untrained methods (ROME, MEMIT, ...) always edit from the
+plain prompt, keyed on `subject` where they locate one (else the prompt's last token).
 """
 
 from __future__ import annotations
@@ -33,14 +36,16 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, TaskConfig, load_task
+from .config import ConfigError, TaskConfig, load_task, to_dict
 from .data.batches import edit_batch, encode_pairs
 from .data.instructions import request_instruction, with_instruction
 from .data.record import EditRecord, Sentiment
+from .editor import losses, methods
 from .editor.checkpoint import CheckpointError, CheckpointNotFound, Resolved, resolve
-from .editor.editable import AppliedEdits, Edits, edits_digest
-from .editor.mend import CheckpointMismatch, MendEditor
-from .models import LoadedModel
+from .editor.editable import AppliedEdits, EditableModel, Edits, edits_digest
+from .editor.mend import CheckpointMismatch
+from .editor.methods import Method
+from .models import LoadedModel, build_model
 
 __all__ = [
     "BoundEditor",
@@ -53,6 +58,7 @@ __all__ = [
     "RequestError",
     "RequestInfo",
     "load_editor",
+    "load_method",
     "locality_facts",
     "locality_probes",
     "read_requests",
@@ -350,19 +356,30 @@ def check_save_target(out: Path) -> None:
 
 def model_card(m: dict[str, Any]) -> str:
     base, ed = m["base_model"], m["editor"]
+    display = ed.get("method_display") or "InstructEdit"
+    how = f"a trained {display} editor" if ed.get("trained", True) else f"{display} (no training; hyperparameters below)"
     lines = [
-        f"# {base['name']} edited with InstructEdit",
+        f"# {base['name']} edited with {display}",
         "",
         (f"This model is `{base['name']}` ({base.get('source_ref') or base['source']}) with {len(m['edits'])} "
-         "fact edit(s) applied by a trained InstructEdit (MEND-style) editor. The edits are summed into the "
+         f"fact edit(s) applied by {how}. The edits are summed into the "
          f"weights {', '.join(f'`{w}`' for w in ed['edited_weights'])}; everything else is unchanged."),
         "",
         "## Editor",
         "",
-        f"- checkpoint: `{ed['checkpoint']}`" + (f" (MLflow run `{ed['run_id']}`)" if ed.get("run_id") else ""),
-        (f"- run: {ed.get('run_name') or '?'} (mode {ed.get('mode') or '?'}, instruction setting "
-         f"{ed.get('instruction_setting') or '?'}, tasks {', '.join(ed.get('tasks') or []) or '?'})"),
-        f"- trained for base model fingerprint `{base['fingerprint']}`; editor step {ed.get('step', '?')}",
+    ]
+    if ed.get("trained", True):
+        lines += [
+            f"- checkpoint: `{ed['checkpoint']}`" + (f" (MLflow run `{ed['run_id']}`)" if ed.get("run_id") else ""),
+            (f"- run: {ed.get('run_name') or '?'} (mode {ed.get('mode') or '?'}, instruction setting "
+             f"{ed.get('instruction_setting') or '?'}, tasks {', '.join(ed.get('tasks') or []) or '?'})"),
+            f"- trained for base model fingerprint `{base['fingerprint']}`; editor step {ed.get('step', '?')}",
+        ]
+    else:
+        lines += [f"- method: {ed['method']} (edits from the plain prompt)",
+                  f"- hyperparameters: `{json.dumps(ed.get('hyperparameters'), sort_keys=True)}`",
+                  f"- base model fingerprint `{base['fingerprint']}`"]
+    lines += [
         f"- edits digest `{m['edits_digest']}`; created {m['created']}",
         "",
         "## Edits",
@@ -399,45 +416,47 @@ def model_card(m: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------- editor
 class BoundEditor:
-    """A trained editor bound to its base model (the model is edited in place by edit())."""
+    """An editing method bound to its base model (the model is edited in place by edit()): a
+    trained editor (load_editor) or an untrained method built on the model (load_method). Both
+    edit through the same seam: the method's EditableModel and its make_edits (editor/methods.py)."""
 
-    def __init__(self, mend: MendEditor, ckpt: dict, checkpoint: str, run_id: str = "",
+    def __init__(self, editable: EditableModel, make_edits, method: Method, *, ckpt: dict | None = None,
+                 checkpoint: str = "", run_id: str = "", hparams: Any = None,
                  instruction_seed: int | None = None, max_length: int = 256):
-        self.mend = mend.eval()
+        self.editable = editable
+        self.make_edits = make_edits
+        self.method = method
+        self.hparams = hparams
+        self.model: torch.nn.Module = editable.model
+        self.tokenizer = editable.tokenizer
+        self.device: torch.device = editable.device
+        ckpt = ckpt or {}
         self.checkpoint = checkpoint
         self.run_id = run_id
         self.instruction_seed = instruction_seed
         self.max_length = max_length
         self.run_config: dict = ckpt.get("run_config") or {}
         self.step = ckpt.get("step")
-        self.model_name: str = ckpt["model_name"]
-        self.fingerprint: str = ckpt["fingerprint"]
+        self.model_name: str = ckpt.get("model_name") or editable.model_cfg.name
+        self.fingerprint: str = ckpt.get("fingerprint") or editable.fingerprint
         data = self.run_config.get("data") or {}
-        self.instruction_setting: str = data.get("instruction_setting", "")
+        # Only a method trained on instructed inputs edits from one; every other method gets the
+        # plain prompt (the same rule evaluation follows, EvalOptions.instructed_edit).
+        self.instruction_setting: str = data.get("instruction_setting", "") if method.trained else "none"
         self.instruction_set: str = data.get("instruction_set", "")
         self.resolved: Resolved | None = None  # how load_editor found the checkpoint
 
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.mend.model
-
-    @property
-    def tokenizer(self):
-        return self.mend.tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return self.mend.device
-
     def describe(self) -> dict[str, Any]:
         rc = self.run_config
-        return {"checkpoint": self.checkpoint, "run_id": self.run_id, "run_name": rc.get("name", ""),
-                "mode": rc.get("mode", ""), "instruction_setting": self.instruction_setting,
+        hp = to_dict(self.hparams) if dataclasses.is_dataclass(self.hparams) else None
+        return {"method": self.method.name, "method_display": self.method.display, "trained": self.method.trained,
+                "checkpoint": self.checkpoint, "run_id": self.run_id, "run_name": rc.get("name", ""),
+                "mode": rc.get("mode", "") or self.method.name, "instruction_setting": self.instruction_setting,
                 "instruction_set": self.instruction_set, "tasks": list((rc.get("data") or {}).get("tasks") or []),
-                "step": self.step, "edited_weights": list(self.mend.names)}
+                "step": self.step, "hyperparameters": hp, "edited_weights": list(self.editable.names)}
 
     def base_model_info(self) -> dict[str, Any]:
-        mc = self.mend.model_cfg
+        mc = self.editable.model_cfg
         return {"name": mc.name, "source": mc.source, "source_ref": mc.hf_id or mc.gguf_file,
                 "fingerprint": self.fingerprint}
 
@@ -456,7 +475,10 @@ class BoundEditor:
         record = EditRecord(task=req.task, case_id=req.key, prompt=req.prompt, target_new=req.target,
                             subject=req.subject, rephrase_prompts=list(req.rephrases), sentiment=sentiment)
         note, ins_id, raw = "", "", ""
-        if req.instruction:
+        if not self.method.trained:  # an untrained method never learned to read instructions
+            if req.instruction:
+                note = f"{self.method.display} edits from the plain prompt; the instruction is not used"
+        elif req.instruction:
             ins_id, raw = "explicit", req.instruction
         elif task_cfg is not None:
             try:
@@ -476,6 +498,12 @@ class BoundEditor:
         return with_instruction(record, tmpl_task, ins_id, raw), note
 
     # ------------------------------------------------------------------------- measuring
+    def _answer_nll(self, batch, hidden: torch.Tensor) -> torch.Tensor:
+        """Per edit, the unedited model's mean NLL of the target on the edit input."""
+        logits = self.editable.answer_logits(batch, hidden)
+        rows = losses.answer_rows(batch.answer_mask)
+        return losses.nll(logits, batch.answer_ids[batch.answer_mask], rows, len(batch))
+
     @torch.no_grad()
     def target_probs(self, prompts: list[str], targets: list[str]) -> list[list[float]]:
         """Per answer token, P(target token | prompt + earlier target tokens), on the live model."""
@@ -573,12 +601,16 @@ class BoundEditor:
         loc = [dataclasses.replace(p) for p in (locality or [])]  # fresh copies: the results go in them
         self._measure(infos, after=False, max_new_tokens=max_new_tokens, top_k=top_k)
         self._measure_locality(loc, after=False, max_new_tokens=locality_tokens)
-        batch = edit_batch(records, self.tokenizer, self.max_length).to(self.device)
-        with torch.no_grad():  # edit_gradients enables grad itself; the transform needs no graph
-            edits, einfo = self.mend.edit(batch)
-        for info, loss in zip(infos, einfo.pre_loss.tolist()):
-            info.pre_loss = float(loss)
-        handle = self.mend.apply(edits)
+        # Trained editors edit from the edit input (plain for one trained without instructions);
+        # untrained methods never saw an instruction, so they edit from the plain prompt.
+        batch = edit_batch(records, self.tokenizer, self.max_length, instructed=self.method.trained).to(self.device)
+        with torch.no_grad():
+            hidden = self.editable.lower(batch)
+            for info, loss in zip(infos, self._answer_nll(batch, hidden).tolist()):
+                info.pre_loss = float(loss)
+        with torch.enable_grad():  # locate-then-edit methods optimise; MEND's transform needs no graph
+            edits = self.make_edits(batch, hidden)
+        handle = self.editable.apply(edits)
         try:
             self._measure(infos, after=True, max_new_tokens=max_new_tokens, top_k=top_k)
             self._measure_locality(loc, after=True, max_new_tokens=locality_tokens)
@@ -637,8 +669,6 @@ def load_editor(path_or_run: str | os.PathLike, model: LoadedModel | str | torch
     if model is None or isinstance(model, LoadedModel):
         loaded = model
     elif isinstance(model, str):
-        from .models import build_model
-
         loaded = build_model(model, device=device)
     elif isinstance(model, torch.nn.Module):
         if tokenizer is None:
@@ -650,13 +680,33 @@ def load_editor(path_or_run: str | os.PathLike, model: LoadedModel | str | torch
     else:
         raise TypeError(f"load_editor: model must be a LoadedModel, a registry name or a torch module, "
                         f"got {type(model).__name__}")
+    method = methods.method_of(ckpt)
     try:
-        mend = MendEditor.from_checkpoint(ckpt, loaded, device=device)
+        editable, make = method.load(loaded, checkpoint=ckpt, device=device)
     except CheckpointMismatch as e:
         raise CheckpointMismatch(f"{ckpt_path}: {e}") from None
     except (KeyError, RuntimeError) as e:  # a model of another shape: missing modules, size mismatch
         raise CheckpointMismatch(f"{ckpt_path}: editor trained for {ckpt['model_name']!r} does not fit "
                                  f"model {loaded.config.name if loaded else ckpt['model_name']!r}: {e}") from None
-    bound = BoundEditor(mend, ckpt, str(ckpt_path), run_id, instruction_seed, max_length)
+    bound = BoundEditor(editable, make, method, ckpt=ckpt, checkpoint=str(ckpt_path), run_id=run_id,
+                        instruction_seed=instruction_seed, max_length=max_length)
     bound.resolved = found
     return bound
+
+
+def load_method(name: str, model: LoadedModel | str, *, hparams: Any = None, device: str | torch.device = "cpu",
+                max_length: int = 256) -> BoundEditor:
+    """An untrained editing method of the registry (ft-l, rome, memit, alphaedit, pre-edit) built
+    on `model` (a registry name or a LoadedModel), ready to edit() like a trained editor.
+
+    hparams: None for configs/methods/<name>.yaml (with its section for this model), a dict of
+    overrides over it, or the method's typed hyperparameters. Locate-then-edit methods compute
+    their key statistics once per model and layer (cached on disk) the first time."""
+    method = methods.get(name)
+    if method.trained:
+        raise ValueError(f"method {name} is trained: load its checkpoint with load_editor(path_or_run)")
+    loaded = build_model(model, device=device) if isinstance(model, str) else model
+    if hparams is None or isinstance(hparams, dict):
+        hparams = method.load_hparams(loaded.config.name, hparams)
+    editable, make = method.load(loaded, hparams=hparams, device=device)
+    return BoundEditor(editable, make, method, hparams=hparams, max_length=max_length)

@@ -149,7 +149,17 @@ def _load_gguf_cached(cfg: ModelConfig):
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         print(f"[models] converted in {time.time() - t0:.1f}s", file=sys.stderr)
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
+    from transformers.utils import logging as hf_logging
+
+    # The converted model loads from local disk in under a second: its per-tensor progress bar is
+    # noise in every evaluation's and training worker's output.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tok = AutoTokenizer.from_pretrained(target)
     return model, tok
 

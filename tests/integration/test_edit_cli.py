@@ -119,3 +119,27 @@ def test_bad_input_exits_nonzero_and_saves_nothing(ckpt, tmp_path, capsys, case)
     assert rc == 2 and expect in err, err
     assert "instructedit edit: error:" in err
     assert not out.exists() and list(tmp_path.iterdir()) in ([], [tmp_path / "reqs.jsonl"])
+
+
+def test_edit_with_an_untrained_method_saves_a_card_that_names_it(tmp_path, capsys):
+    """`edit --method ft-l --model tiny-llama`: no checkpoint, the same transcript and saved model,
+    the card names FT-L and its hyperparameters (from configs/methods/ft-l.yaml)."""
+    out = tmp_path / "edited"
+    rc = main(["edit", "--method", "ft-l", "--model", "tiny-llama", "--prompt", "The color of vbz is",
+               "--target", "gold", "--subject", "vbz", "--max-new-tokens", "4", "--save", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "FT-L (untrained, ft-l.yaml); base model tiny-llama; 1 request(s)" in cap.err
+    assert "=== edit 1/1: The color of vbz is -> 'gold'" in cap.out and "edit input" not in cap.out
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card.startswith("# tiny-llama edited with FT-L") and "- method: ft-l" in card
+    edits = json.loads((out / "edits.json").read_text())
+    assert edits["editor"]["method"] == "ft-l" and edits["editor"]["hyperparameters"]["steps"] > 0
+    prompt = next(p for p in edits["edits"][0]["probes"] if p["kind"] == "prompt")
+    assert prompt["p_after"] > prompt["p_before"]
+
+
+def test_edit_method_refuses_a_trained_method_name(capsys):
+    with pytest.raises(SystemExit) as e:  # argparse: not among the untrained choices
+        main(["edit", "--method", "instructedit", "--prompt", "x", "--target", "y"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err

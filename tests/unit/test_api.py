@@ -287,3 +287,21 @@ def test_package_exports_are_lazy():
     assert instructedit.read_requests is read_requests
     with pytest.raises(AttributeError):
         _ = instructedit.no_such_name
+
+
+def test_load_method_refuses_a_trained_method_and_unknown_names():
+    from instructedit.api import load_method
+    from instructedit.config import ConfigError
+
+    with pytest.raises(ValueError, match="load_editor"):
+        load_method("instructedit", "tiny-llama")
+    with pytest.raises(ConfigError, match="unknown method"):
+        load_method("nope", "tiny-llama")
+
+
+def test_trained_checkpoints_carry_their_method(ckpt):
+    from instructedit.editor.checkpoint import load_editor_checkpoint
+
+    ck = load_editor_checkpoint(ckpt)
+    assert ck["method"] == "multi-task"
+    assert load_editor(ckpt).method.name == "multi-task"

@@ -1,14 +1,19 @@
-"""`instructedit edit`: apply a trained editor to its base model and show (or save) the result."""
+"""`instructedit edit`: apply a trained editor (or an untrained method) to a model and show (or save) the result."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-HELP = "apply a trained editor to a model: change facts, compare before/after, save the edited model"
+from ..editor import methods
+
+UNTRAINED = [m for m in methods.names(trained=False) if not methods.get(m).reference]
+
+HELP = "apply a trained editor or a baseline method to a model: change facts, compare before/after, save it"
 DESCRIPTION = (
     "Apply a trained editor (an editor.pt, a step folder, a training run folder - its best checkpoint "
-    "by validation - or an MLflow run id) to its base model. Every request is edited independently "
+    "by validation - or an MLflow run id) to its base model, or an untrained method (--method "
+    f"{'|'.join(UNTRAINED)}, on --model, edits from the plain prompt). Every request is edited independently "
     "from the unedited model and the edits are summed into the weights. For each request it prints "
     "the greedy continuation of the prompt and of each rephrase before and after the edit, and the "
     "probability of the target's answer tokens before and after; --compare adds the top next tokens "
@@ -26,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--editor", metavar="CKPT", help="editor checkpoint: an editor.pt, a step folder, or a training "
                      "run folder (its best checkpoint by validation)")
     src.add_argument("--run", metavar="RUN_ID", help="MLflow run id whose 'checkpoint' artifact holds the editor")
+    src.add_argument("--method", choices=UNTRAINED, help="an untrained method instead of an editor, on --model "
+                     "(hyperparameters: configs/methods/<method>.yaml)")
     p.add_argument("--prompt", help="the prompt whose completion changes")
     p.add_argument("--target", help="the new answer")
     p.add_argument("--subject", default="", help="the subject (ConvSent: the topic)")
@@ -38,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", metavar="FILE.jsonl",
                    help="edit requests, one JSON object per line: prompt, target, subject, rephrases, task, "
                         "instruction, label")
-    p.add_argument("--model", help="registry model to edit (unset: the checkpoint's base model)")
+    p.add_argument("--model", help="registry model to edit (unset: the checkpoint's base model; --method: "
+                   "smollm2-135m)")
     p.add_argument("--save", metavar="DIR", help="write the edited model here (must not exist or be empty)")
     p.add_argument("--compare", action="store_true",
                    help="also show the top next tokens and check unrelated prompts before and after")
@@ -117,9 +125,11 @@ def run(args: argparse.Namespace) -> int:
         RequestError,
         check_save_target,
         load_editor,
+        load_method,
         locality_probes,
         read_requests,
     )
+    from ..config import ConfigError
     from ..editor.mend import CheckpointMismatch
 
     # Check everything cheap before loading anything.
@@ -151,15 +161,20 @@ def run(args: argparse.Namespace) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        editor = load_editor(args.editor or args.run, model=args.model, device=device,
-                             tracking_uri=args.tracking_uri, instruction_seed=args.instruction_seed)
+        if args.method:
+            editor = load_method(args.method, args.model or "smollm2-135m", device=device)
+            found = f"{editor.method.display} (untrained, {methods.get(args.method).config_path.name})"
+        else:
+            editor = load_editor(args.editor or args.run, model=args.model, device=device,
+                                 tracking_uri=args.tracking_uri, instruction_seed=args.instruction_seed)
+            found = editor.resolved.line()
         editor.prepare(requests)  # every request checked (task, slots) before any edit
-    except (CheckpointMismatch, RequestError, FileNotFoundError) as e:
+    except (CheckpointMismatch, RequestError, FileNotFoundError, ConfigError) as e:
         return _fail(str(e))
     except ValueError as e:  # not an editor checkpoint, unknown model, ...
         return _fail(str(e))
 
-    print(f"{editor.resolved.line()}; base model {editor.model_name}; {len(requests)} request(s)", file=sys.stderr)
+    print(f"{found}; base model {editor.model_name}; {len(requests)} request(s)", file=sys.stderr)
     result = editor.edit(requests, max_new_tokens=args.max_new_tokens, top_k=args.top_k if args.compare else 0,
                          locality=locality)
     try:

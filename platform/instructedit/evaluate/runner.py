@@ -237,13 +237,25 @@ def _batches(items: list, size: int) -> list[list]:
 
 def evaluate_rows(editor, make_edits, records: list[EditRecord], setting: str, max_length: int,
                   orders: list[int], extra: dict | None = None, options=None) -> list[dict]:
-    """One batch of independent edits -> per-case rows (key columns, order, every metric)."""
+    """One batch of independent edits -> per-case rows (key columns, order, every metric, and
+    `edit_seconds`: the wall time of computing the batch's edits over its size, what a method
+    costs per edit; the forwards that score the edit are not counted)."""
     from .core import evaluate_batch
 
-    rows = evaluate_batch(editor, records, make_edits, max_length, options)
+    spent = 0.0
+
+    def timed(batch, hidden):
+        nonlocal spent
+        t = time.perf_counter()
+        edits = make_edits(batch, hidden)
+        spent += time.perf_counter() - t
+        return edits
+
+    rows = evaluate_batch(editor, records, timed, max_length, options)
     for r, o in zip(rows, orders):
         r["instruction_setting"] = setting
         r["order"] = o
+        r["edit_seconds"] = spent / len(records)
         r.update(extra or {})
     return rows
 

@@ -117,3 +117,37 @@ def test_key_stats_text_file_errors_name_the_file(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(ValueError, match="empty.txt"):
         file_texts(tmp_path / "empty.txt")
+
+
+def test_rome_through_the_edit_api_is_the_evaluated_edit_and_reverts(llama, stats_text, key_cache):
+    """load_method("rome") edits like evaluation does (same factors from the plain prompt, even when
+    the request brings an instruction), says so in the manifest, and revert() is bit for bit."""
+    from editor_facts import fact_records
+    from instructedit.api import EditRequest, load_method
+    from instructedit.data.batches import edit_batch
+
+    bound = load_method("rome", llama, hparams={"stats": {"text_file": stats_text}})
+    rec = fact_records(1)[0]
+    name = bound.editable.names[0]
+    before = bound.editable.layers[name].weight.detach().clone()
+    req = EditRequest(prompt=rec.prompt, target=rec.target_new, subject=rec.subject,
+                      instruction="Update the fact.", rephrases=list(rec.rephrase_prompts))
+    torch.manual_seed(0)
+    result = bound.edit([req])
+    info = result[0]
+    assert info.edit_input == rec.prompt and "instruction is not used" in info.note
+    assert [p.kind for p in info.probes] == ["prompt", "rephrase"]  # no instructed edit input
+    assert info.probe("prompt").p_after > info.probe("prompt").p_before
+    m = result.manifest()["editor"]
+    assert m["method"] == "rome" and m["trained"] is False and m["hyperparameters"]["stats"]["text_file"] == stats_text
+    edited = bound.editable.layers[name].weight.detach().clone()
+    result.revert()
+    assert torch.equal(bound.editable.layers[name].weight, before)
+
+    # The evaluated edit: the same make_edits on the plain-prompt batch, applied the same way.
+    batch = edit_batch([rec], bound.tokenizer, bound.max_length, instructed=False)
+    torch.manual_seed(0)
+    with torch.enable_grad():
+        edits = bound.make_edits(batch, bound.editable.lower(batch))
+    with bound.editable.apply(edits):
+        torch.testing.assert_close(bound.editable.layers[name].weight, edited)

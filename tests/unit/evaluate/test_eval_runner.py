@@ -134,7 +134,8 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_editor, records, tm
     assert len(list((tmp_path / "cut" / "parts").glob("*.parquet"))) == 2
     resumed = runner.run_evaluation(records, tmp_path / "cut", **kw)
     assert resumed.n_new == len(records) - 6
-    pd.testing.assert_frame_equal(resumed.cases, full.cases)
+    assert (resumed.cases["edit_seconds"] > 0).all()  # timings differ between runs; the rest may not
+    pd.testing.assert_frame_equal(resumed.cases.drop(columns="edit_seconds"), full.cases.drop(columns="edit_seconds"))
     assert resumed.metrics == pytest.approx(full.metrics)
     again = runner.run_evaluation(records, tmp_path / "cut", **kw)  # nothing left to do, nothing duplicated
     assert again.n_new == 0 and len(again.cases) == len(records)
@@ -222,24 +223,6 @@ def test_sequential_rows_and_restore(tiny_editor):
     # K=1 on a fresh model: the first edit's reliability is the independent one
     ind = evaluate_batch(tiny_editor, recs[:1], mend_edits(tiny_editor), ML)[0]["reliability"]
     assert rows[0]["reliability"] == pytest.approx(ind)
-
-
-def test_compare_table_from_eval_dirs(tmp_path):
-    from instructedit.evaluate.tables import compare_table, write_table
-
-    for name, method, rel in (("pre", "Pre-edit", 0.1), ("ie", "InstructEdit", 0.9), ("mt", "MEND (multi-task)", 0.5)):
-        d = tmp_path / name
-        d.mkdir()
-        m = {"test/counterfact/reliability": rel, "test/zsre/reliability": rel / 2, "test/convsent/dd": 0.1,
-             "test/avg/reliability": rel}
-        runner.write_summary(m, d / "summary.csv")
-        (d / "run.json").write_text(json.dumps({"run_id": "", "tags": {"method": method}}))
-    table = compare_table(tmp_path)
-    assert list(table.values.index) == ["Pre-edit", "MEND (multi-task)", "InstructEdit"]
-    assert [t for t, _ in table.values.columns][-1] == "zsre"  # hold-out last
-    assert table.values.loc["InstructEdit", ("counterfact", "reliability")] == 0.9
-    paths = write_table(table, tmp_path / "out")
-    assert "**90**" in paths["md"].read_text() and paths["csv"].exists()  # rounded to what n supports
 
 
 def test_length_chunks_change_nothing(tiny_editor, records):
