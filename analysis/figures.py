@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pandas as pd
+from instructedit.evaluate.metrics import DEFAULT_SCALE, scale_of
 from matplotlib.figure import Figure
 
 from .pca import centroid_accuracy, pca
@@ -22,12 +23,10 @@ from .runs import split_tasks
 from .tables import (
     INSTRUCTED_MODES,
     METHODS,
-    SCALE,
     SINGLE_TASK,
     _cell_rows,
     _eval_rows,
     cell_interval,
-    metric_scale,
     order_tasks,
     prefer,
 )
@@ -66,7 +65,7 @@ def _grouped_bars(ax, frame: pd.DataFrame, groups: list[str], labels: list[str])
     x = np.arange(len(frame.index))
     width = 0.8 / max(1, len(groups))
     for i, (g, color) in enumerate(zip(groups, _colors(len(groups)))):
-        vals = frame[g].to_numpy(dtype=float) * SCALE
+        vals = frame[g].to_numpy(dtype=float) * DEFAULT_SCALE
         bars = ax.bar(x + (i - (len(groups) - 1) / 2) * width, np.nan_to_num(vals), width, label=labels[i],
                       color=color)
         for b, v in zip(bars, vals):
@@ -118,7 +117,7 @@ def _bars_with_ci(ax, d: pd.DataFrame, groups: list[str], xlabels: list[str], ke
             if xl not in sub.index:
                 continue
             r = sub.loc[xl]
-            scale = metric_scale(r["metric"])
+            scale = scale_of(r["metric"])
             v = r["value"] * scale
             pos = x[j] + (i - (len(groups) - 1) / 2) * width
             ax.bar(pos, v, width, color=color, label=None if labelled else g,
@@ -259,7 +258,7 @@ def training_curves(histories: pd.DataFrame, runs: pd.DataFrame, max_runs: int =
         keys = [k for k in VAL_KEYS if (h["key"] == k).any()]
         for key, color in zip(keys, _colors(len(keys))):
             k = h[h["key"] == key].sort_values("step")
-            ax_v.plot(k["step"], k["value"] * metric_scale(key), marker="o", ms=3, color=color, label=key,
+            ax_v.plot(k["step"], k["value"] * scale_of(key), marker="o", ms=3, color=color, label=key,
                       lw=1.2, ls="--" if key.endswith("_instructed") else "-")
         ax_v.set_title(f"{label}: validation (x100)", fontsize=9)
         ax_v.set_xlabel("step")
@@ -321,7 +320,7 @@ def task_scaling(tidy: pd.DataFrame, split: str = "test", metrics=("reliability"
         tasks = order_tasks(d["task"].unique())
         for task, color in zip(tasks, _colors(len(tasks))):
             s = d[d["task"] == task].sort_values("n_train_tasks")
-            ax.plot(s["n_train_tasks"], s["value"] * SCALE, marker="o", color=color, label=task)
+            ax.plot(s["n_train_tasks"], s["value"] * DEFAULT_SCALE, marker="o", color=color, label=task)
         ax.set_xticks(ns)
         ax.set_xticklabels([tick[n] for n in ns], fontsize=7)
         ax.set_xlabel("training tasks")

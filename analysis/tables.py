@@ -1,8 +1,8 @@
 """The paper's tables from the tidy run table (analysis.runs): Table 3 and Table 1 shapes.
 
 Values are shown x100 (shares; `dd`, a KL, as it is), rounded to what the number of cases n behind
-the cell supports (`decimals_for_n`); a cell from one run with a logged interval also carries its 95%
-interval and n. The best value of each column is marked: bold in Markdown and HTML, a trailing `*`
+the cell supports (instructedit.evaluate.metrics.format_value, the platform's one rounding rule); a
+cell from one run with a logged interval also carries its 95% interval and n. The best value of each column is marked: bold in Markdown and HTML, a trailing `*`
 in CSV. Direction comes from the metric registry (`dd` lower-is-better). Baseline rows (Pre-edit)
 are shown but never marked best. Per task, plain-probe metrics come first, instructed ones after.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 from instructedit.editor import methods as registry
+from instructedit.evaluate.metrics import format_value
 
 from .runs import higher_is_better, split_tasks
 
@@ -30,39 +31,6 @@ METRICS = PLAIN_METRICS + ("reliability_instructed", "generalization_instructed"
                            "es_instructed")
 TASK_ORDER = ("counterfact", "recent", "convsent", "zsre")
 HOLD_OUT = ("zsre",)
-SCALE = 100.0
-MISSING = "–"
-
-
-def decimals_for_n(n: float | None) -> int:
-    """Decimals of a percentage (a share x100) that a mean over `n` cases supports.
-
-    The 95% interval of a share is about +-98/sqrt(n) points at worst (p = 0.5): +-10 points at
-    n = 100, +-3 at n = 1,000, +-1 at n = 10,000. A digit finer than a tenth of that half-width is
-    noise, so: whole percents below n = 1,000 (the interval is wider than 3 points), one decimal
-    from 1,000 (the interval is 1 to 3 points wide), two from 100,000. Unknown n counts as small.
-    """
-    if n is None or not math.isfinite(float(n)) or n < 1000:
-        return 0
-    return 1 if n < 100_000 else 2
-
-
-def format_value(value: float | None, n: float | None = None, metric: str = "") -> str:
-    """A metric value for display: shares x100 rounded by `decimals_for_n`; metrics the registry
-    shows unscaled (dd, a KL in nats) keep two more decimals, as their values sit below 1."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
-    scale = metric_scale(metric)
-    digits = decimals_for_n(n) + (0 if scale != 1.0 else 2)
-    return f"{value * scale:.{digits}f}"
-
-
-def metric_scale(metric: str) -> float:
-    """Display factor of a metric from the registry (x100 for shares); unknown metrics x100."""
-    from instructedit.evaluate.metrics import METRICS, base_name
-
-    m = METRICS.get(base_name(metric)) if metric else None
-    return m.scale if m is not None else SCALE
 
 
 def order_tasks(tasks, hold_out=HOLD_OUT) -> list[str]:
@@ -237,7 +205,7 @@ def prefer(rows: pd.DataFrame, *conditions) -> pd.DataFrame:
 
 
 def _eval_rows(tidy: pd.DataFrame, split: str) -> pd.DataFrame:
-    """Per-task evaluation rows of one split. Accepts a reduced tidy frame (e.g. evaluate/tables.py):
+    """Per-task evaluation rows of one split. Accepts a reduced tidy frame (only some tag columns):
     missing tag columns count as empty."""
     tidy = tidy.copy()
     for col in ("kind", "method", "mode", "tasks", "study", "instruction_setting"):

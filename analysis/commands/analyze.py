@@ -62,7 +62,7 @@ def run(args) -> int:
         return 2
     import numpy as np
 
-    from analysis import gradients as G
+    from .. import gradients as G
 
     editors = dict(parse_editor(s) for s in args.editor)
     try:
@@ -92,8 +92,8 @@ def run(args) -> int:
 def write_outputs(groups, out: Path, components: int = 10, experiment: str | None = None,
                   tracking_uri: str | None = None, editors: dict | None = None) -> int:
     """gradients.npz + gradient_pca.png + gradients_summary.json under `out`; optionally logged."""
-    from analysis import gradients as G
-    from analysis.pca import centroid_accuracy, pca
+    from .. import gradients as G
+    from ..pca import centroid_accuracy, pca
 
     out.mkdir(parents=True, exist_ok=True)
     npz = G.save_gradients(out / "gradients.npz", groups)

@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from analysis.report import build_report
+    from ..report import build_report
 
     rep = build_report(args.experiment, out_dir=args.out, tracking_uri=args.tracking_uri,
                        log=not args.no_log, gradient_files=args.gradients, ui_url=args.ui_url,

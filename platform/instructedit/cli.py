@@ -1,9 +1,12 @@
-"""The `instructedit` command. Each subcommand lives in commands/<name>.py with
-`HELP`, `add_arguments(parser)` and `run(args) -> int`; this file only dispatches.
+"""The `instructedit` command. Each subcommand is a module with `HELP`, `add_arguments(parser)`
+and `run(args) -> int`: the platform's own in commands/<name>.py, others named by the entry-point
+group `instructedit.commands` (pyproject.toml; `report` and `analyze` come from the top-level
+`analysis` package this way, the layer above the platform, which never imports it). This file only
+dispatches. A command whose module fails to load is still listed; running it says why in one line.
 
 Exit codes, the same for every command: 0 done; 2 bad input or config (a usage error, a missing
-or malformed file, a checkpoint that is not an editor's, a bad request), said in one line naming
-the file and what is wrong; 1 a run that started and failed (a training, a job, a writer);
+or malformed file, a checkpoint that is not an editor's, a bad request, a plugin command that
+failed to load), said in one line naming the file and what is wrong; 1 a run that started and failed (a training, a job, a writer);
 130 interrupted.
 """
 
@@ -13,7 +16,8 @@ import argparse
 import importlib
 import sys
 
-# Order = order in --help.
+# Order = order in --help; a name here may be a plugin's (the entry-point group). Plugins the list
+# does not name come after it, alphabetically.
 COMMANDS = [
     "prepare",
     "train",
@@ -27,6 +31,7 @@ COMMANDS = [
     "jobs",
     "ui",
 ]
+PLUGIN_GROUP = "instructedit.commands"
 
 # Bad input, by the module that defines it: an exception can only be one of these if its module
 # was imported, so the check needs no import (and `instructedit --help` stays free of torch).
@@ -54,13 +59,56 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _plugins() -> dict:
+    """{command name: entry point} of the installed plugins (one per name: an editable install can
+    show the same distribution twice)."""
+    from importlib.metadata import entry_points
+
+    found: dict = {}
+    for ep in entry_points(group=PLUGIN_GROUP):
+        found.setdefault(ep.name.replace("-", "_"), ep)
+    return found
+
+
+class _Broken:
+    """Stands in for a plugin command that cannot be loaded: listed in --help, exit 2 when run."""
+
+    def __init__(self, name: str, target: str, error: BaseException):
+        why = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+        self.message = f"its module {target} (entry point group {PLUGIN_GROUP}) failed to load: {why}"
+        self.HELP = f"unavailable: {self.message}"
+        self.name = name
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.set_defaults(_any_arguments=True)  # its real options are unknown: `run` says why in one line
+
+    def run(self, args) -> int:
+        print(f"instructedit {self.name.replace('_', '-')}: {self.message}", file=sys.stderr)
+        return 2
+
+
 def _load(name: str):
     try:
         return importlib.import_module(f"instructedit.commands.{name}")
     except ModuleNotFoundError as e:
-        if e.name == f"instructedit.commands.{name}":
-            return None  # not built yet
-        raise
+        if e.name != f"instructedit.commands.{name}":
+            raise
+    ep = _plugins().get(name)
+    if ep is None:
+        return None  # not built here and not installed as a plugin
+    try:
+        mod = ep.load()
+        missing = [a for a in ("HELP", "add_arguments", "run") if not hasattr(mod, a)]
+        if missing:
+            raise AttributeError(f"no {', '.join(missing)}")
+    except Exception as e:  # noqa: BLE001 - a broken plugin must not take the other commands down
+        return _Broken(name, ep.value, e)
+    return mod
+
+
+def command_names() -> list[str]:
+    """COMMANDS, then the plugins it does not name."""
+    return COMMANDS + sorted(set(_plugins()) - set(COMMANDS))
 
 
 def _nested_parsers(parser: argparse.ArgumentParser):
@@ -78,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "editor over several tasks, evaluate, run studies, apply editors, report.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in command_names():
         mod = _load(name)
         if mod is None:
             continue
@@ -106,7 +154,9 @@ def input_error(e: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")  # what parse_args says
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -33,22 +33,17 @@ def _banner(msg: str, t0: float) -> None:
 
 
 def _cell(stat: dict | None, metric: str) -> str:
-    """mean [ci_low-ci_high], rounded to what n supports (analysis.tables.format_value)."""
-    from analysis.tables import MISSING, format_value
+    """`mean [low, high]`, rounded to what n supports (the platform's one rule, evaluate/metrics.py)."""
+    from .evaluate.metrics import format_estimate
 
-    if not stat or stat.get("mean") is None:
-        return MISSING
-    n = stat.get("n")
-    text = format_value(stat["mean"], n, metric)
-    if stat.get("ci_low") is not None and stat.get("ci_high") is not None:
-        text += f" [{format_value(stat['ci_low'], n, metric)}-{format_value(stat['ci_high'], n, metric)}]"
-    return text
+    stat = stat or {}
+    return format_estimate(stat.get("mean"), stat.get("ci_low"), stat.get("ci_high"), stat.get("n"), metric)
 
 
 def results_table(rows: dict[str, dict[str, dict[str, dict]]], tasks: list[str]) -> str:
     """{method: {task: {metric: {mean, ci_low, ci_high, n}}}} (summary.json) -> a text table (x100,
     95% intervals, n), one row per method and task."""
-    width = 18
+    width = 20  # "100.0 [99.0, 100.0]" and a space
     head = f"{'method':<14}{'task':<13}{'n':>6}" + "".join(f"{HEADS.get(m, m)[:width - 1]:>{width}}" for m in METRICS)
     lines = [head, "-" * len(head)]
     for method, summary in rows.items():

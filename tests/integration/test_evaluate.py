@@ -77,9 +77,13 @@ def test_evaluate_command(tmp_path, tracking_uri, shared_data, capsys):
     assert "Pre-edit" in printed and "InstructEdit" in printed
     md = (evals / "table.md").read_text()  # per-case folders: intervals, seeds aggregated
     assert "| zsre | reliability | 2 |" in md and "| zsre | reliability_instructed | 2 |" in md
+    # An experiment's Table 3 is the report's (the analysis layer): evaluate points there in one line.
     capsys.readouterr()
-    assert main(["evaluate", "--compare-table", "instructedit", "--out", str(tmp_path / "t")]) == 0
-    printed = capsys.readouterr().out
-    assert "Pre-edit" in printed and "InstructEdit" in printed and (tmp_path / "t" / "table3.md").exists()
+    assert main(["evaluate", "--compare-table", "instructedit"]) == 2
+    err = capsys.readouterr().err
+    assert "instructedit report --experiment instructedit" in err and len(err.strip().splitlines()) == 1
+    assert main(["report", "--experiment", "instructedit", "--out", str(tmp_path / "t"), "--no-log"]) == 0
+    table3 = (tmp_path / "t" / "tables" / "table3.md").read_text()
+    assert "Pre-edit" in table3 and "InstructEdit" in table3
     info = json.loads((evals / "pre" / "run.json").read_text())
     assert info["tags"]["method"] == "Pre-edit" and info["run_id"]

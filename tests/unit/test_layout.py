@@ -35,14 +35,6 @@ LAYER_RULES = (
      f"{HIGHER}: an editing method must run without training, evaluation, Ray or MLflow"),
     ("instructedit", ("analysis",), "analysis/ reads the platform's runs; the platform never reads analysis/"),
 )
-# Imports that break a rule today and are being moved (issue 16). An entry that no longer occurs
-# fails too, so this list can only shrink.
-KNOWN_VIOLATIONS = {
-    ("instructedit.evaluate.tables", "analysis"): "tables fold into analysis/tables.py (the lead)",
-    ("instructedit.commands.analyze", "analysis"): "the CLI's analyze command runs analysis/ (the lead decides)",
-    ("instructedit.commands.report", "analysis"): "the CLI's report command runs analysis/ (the lead decides)",
-    ("instructedit.demo", "analysis"): "the demo prints analysis/ tables (the lead decides)",
-}
 
 
 def _module_name(path: Path, root: Path = PKG_ROOT) -> str:
@@ -155,11 +147,7 @@ def test_cycle_finder():
 
 def test_no_import_from_a_lower_layer_to_a_higher_one():
     found = _violations(_import_graph())
-    new = [msg for key, msg in sorted(found.items()) if key not in KNOWN_VIOLATIONS]
-    gone = [f"{imp} -> {tgt} ({why})" for (imp, tgt), why in sorted(KNOWN_VIOLATIONS.items())
-            if (imp, tgt) not in found]
-    assert not new, "imports against the layers:\n" + "\n".join(new)
-    assert not gone, "fixed, so remove from KNOWN_VIOLATIONS in tests/unit/test_layout.py:\n" + "\n".join(gone)
+    assert not found, "imports against the layers:\n" + "\n".join(msg for _, msg in sorted(found.items()))
 
 
 def test_no_import_cycles_in_the_package():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from ..editor import methods
 
 BASELINES = methods.names(trained=False)
@@ -11,8 +13,9 @@ DESCRIPTION = (
     f"baseline (--baseline {'|'.join(BASELINES)} on --model) on the given tasks and split, each record as an "
     "independent edit, in batches. Per-case rows go to <out>/cases.parquet (a killed run resumes from "
     "<out>/parts/), averages to <out>/summary.csv, and both plus the test/<task>/<metric> metrics to "
-    "MLflow. --sequential K applies K edits cumulatively instead. --compare-table prints and writes "
-    "the Table-3-shaped comparison of every evaluation in a folder or MLflow experiment."
+    "MLflow. --sequential K applies K edits cumulatively instead. --compare-table DIR prints and writes "
+    "the per-case comparison (intervals, paired differences) of every evaluation under DIR; an MLflow "
+    "experiment's Table 3 is `instructedit report --experiment NAME`."
 )
 
 DEFAULT_TASKS = ("counterfact", "recent", "convsent", "zsre")
@@ -64,8 +67,9 @@ def add_arguments(p) -> None:
                    "else instructedit)")
     p.add_argument("--new-run", action="store_true", help="log to a new eval run even with --run")
     p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
-    p.add_argument("--compare-table", default=None, metavar="DIR_OR_EXPERIMENT",
-                   help="print and write the Table-3-shaped comparison (alone, or after this evaluation)")
+    p.add_argument("--compare-table", default=None, metavar="DIR",
+                   help="print and write DIR/table.md, the comparison of the evaluations under DIR (alone, or "
+                   "after this evaluation)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -165,7 +169,7 @@ def run(args) -> int:
     (out / "run.json").write_text(json.dumps({"run_id": rid or "", "tags": tags}, indent=1))
     print(f"cases:   {result.cases_path}\nsummary: {result.summary_json_path}")
     if args.compare_table:
-        _compare(args)
+        return _compare(args)
     return 0
 
 
@@ -258,14 +262,13 @@ def _compare(args) -> int:
     src = Path(args.compare_table)
     if src.is_dir() and any(src.rglob("cases.parquet")):
         return _compare_cases(src)
-    from ..evaluate.tables import compare_table, print_table, write_table
-
-    table = compare_table(args.compare_table, split=args.split, tracking_uri=args.tracking_uri)
-    print_table(table)
-    out_dir = src if src.is_dir() else Path(args.out or Path("evals") / "tables" / str(args.compare_table))
-    paths = write_table(table, out_dir)
-    print(f"table: {paths['csv']}  {paths['md']}")
-    return 0
+    if src.exists():
+        print(f"instructedit evaluate: --compare-table {src}: no cases.parquet under it (the per-case output "
+              "of `instructedit evaluate --out DIR`)", file=sys.stderr)
+    else:  # an MLflow experiment's Table 3 is the analysis layer's: the report
+        print(f"instructedit evaluate: --compare-table reads evaluation folders; {src} is not one (for an MLflow "
+              f"experiment's Table 3: instructedit report --experiment {src})", file=sys.stderr)
+    return 2
 
 
 # Columns of the interval table: headline (plain) metrics, then instructed and generation-based.

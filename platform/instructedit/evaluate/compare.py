@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .metrics import METRICS, edit_success, order
+from .metrics import edit_success, format_estimate, order
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,8 @@ def methods_in_order(df: pd.DataFrame) -> list[str]:
 
 
 def fmt(est: stats.Estimate, metric: str) -> str:
-    k = METRICS[metric].scale if metric in METRICS else 100.0
-    digits = 1 if k != 1.0 else 3
-    return f"{est.mean * k:.{digits}f} [{est.ci_low * k:.{digits}f}, {est.ci_high * k:.{digits}f}]"
+    """`mean [low, high]`, rounded to what the cell's n supports (metrics.format_estimate)."""
+    return format_estimate(est.mean, est.ci_low, est.ci_high, est.n, metric)
 
 
 def interval_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = None,

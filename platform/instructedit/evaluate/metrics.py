@@ -3,7 +3,9 @@
 Each metric says which way is better, how it is displayed (x100 for shares, as-is for a KL), the
 probe it is measured on and where it comes from in the literature; evaluation, MLflow logging,
 the tables and the report read it from here (docs/metrics.md is the prose version). Values are
-computed in core.py. Torch-free: analysis/ imports this module.
+computed in core.py. It also holds the one rounding rule every printed value follows
+(`format_value`, `format_estimate`: the evaluate command, the comparison tables, the demo and
+analysis/). Torch-free: analysis/ imports this module.
 """
 
 from __future__ import annotations
@@ -102,6 +104,49 @@ def order(names) -> list[str]:
     rank = {n: i for i, n in enumerate(METRICS)}
     return sorted(dict.fromkeys(names), key=lambda n: (not METRICS[n].headline if n in METRICS else True,
                                                         rank.get(n, len(rank)), n))
+
+
+DEFAULT_SCALE = 100.0  # a metric the registry does not know is shown as a share
+MISSING = "–"  # a cell without a value
+
+
+def scale_of(key: str) -> float:
+    """Display factor of a metric or tracked key (`test/zsre/dd_ci_low`) from the registry; x100
+    for what it does not know."""
+    m = METRICS.get(base_name(key)) if key else None
+    return m.scale if m is not None else DEFAULT_SCALE
+
+
+def decimals_for_n(n: float | None) -> int:
+    """Decimals of a percentage (a share x100) that a mean over `n` cases supports.
+
+    The 95% interval of a share is about +-98/sqrt(n) points at worst (p = 0.5): +-10 points at
+    n = 100, +-3 at n = 1,000, +-1 at n = 10,000. A digit finer than a tenth of that half-width is
+    noise, so: whole percents below n = 1,000 (the interval is wider than 3 points), one decimal
+    from 1,000 (the interval is 1 to 3 points wide), two from 100,000. Unknown n counts as small.
+    """
+    if n is None or not math.isfinite(float(n)) or n < 1000:
+        return 0
+    return 1 if n < 100_000 else 2
+
+
+def format_value(value: float | None, n: float | None = None, metric: str = "") -> str:
+    """A metric value for display: shares x100 rounded by `decimals_for_n`; metrics the registry
+    shows unscaled (dd, a KL in nats) keep two more decimals, as their values sit below 1."""
+    if _missing(value):
+        return MISSING
+    scale = scale_of(metric)
+    digits = decimals_for_n(n) + (0 if scale != 1.0 else 2)
+    return f"{value * scale:.{digits}f}"
+
+
+def format_estimate(mean: float | None, ci_low: float | None = None, ci_high: float | None = None,
+                    n: float | None = None, metric: str = "") -> str:
+    """`mean [low, high]` by `format_value`; just the mean when the interval is not known."""
+    text = format_value(mean, n, metric)
+    if text == MISSING or _missing(ci_low) or _missing(ci_high):
+        return text
+    return f"{text} [{format_value(ci_low, n, metric)}, {format_value(ci_high, n, metric)}]"
 
 
 def edit_success(row: dict) -> float | None:

@@ -94,7 +94,7 @@ def test_analyze_gradients_command_and_report(store, tmp_path, monkeypatch, caps
 
 
 def test_parse_editor_labels():
-    from instructedit.commands.analyze import parse_editor
+    from analysis.commands.analyze import parse_editor
 
     assert parse_editor("IE=/a/b") == ("IE", "/a/b")
     assert parse_editor("/runs/mend-multi/checkpoint") == ("mend-multi", "/runs/mend-multi/checkpoint")

@@ -1,5 +1,4 @@
 import pandas as pd
-import pytest
 
 from analysis.tables import METHODS, table1, table3
 
@@ -65,25 +64,6 @@ def test_tables_without_runs_are_empty_not_errors(tidy):
         assert isinstance(t.to_markdown(), str) and isinstance(t.to_html(), str)
     only_train = tidy[tidy["split"] != "test"]
     assert table3(only_train).empty
-
-
-@pytest.mark.parametrize("n, decimals", [(None, 0), (16, 0), (99, 0), (100, 0), (999, 0), (1000, 1),
-                                         (5000, 1), (99_999, 1), (100_000, 2), (float("nan"), 0)])
-def test_decimals_follow_n(n, decimals):
-    from analysis.tables import decimals_for_n
-
-    assert decimals_for_n(n) == decimals
-
-
-def test_format_value_scales_from_the_registry():
-    from analysis.tables import MISSING, format_value
-
-    assert format_value(0.123456, 16, "reliability") == "12"
-    assert format_value(0.123456, 2000, "reliability") == "12.3"
-    assert format_value(0.123456, 200_000, "reliability_instructed") == "12.35"
-    assert format_value(0.0123, 16, "dd") == "0.01"  # a KL, shown as it is, two more decimals
-    assert format_value(0.0123, 2000, "dd") == "0.012"
-    assert format_value(float("nan"), 16, "reliability") == format_value(None) == MISSING
 
 
 def test_formatting_rounds_to_n():

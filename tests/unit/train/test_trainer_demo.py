@@ -22,8 +22,9 @@ def test_results_table(tmp_path):
     assert [ln.split()[1] for ln in lines[2:]] == ["zsre", "avg"]  # no row for a task without metrics
     # n < 1000: whole percents; n >= 1000: one decimal; reliability beside its instructed variant
     assert lines[0].split()[3:5] == ["reliability", "rel.(instr.)"]
-    assert lines[2].split()[2:] == ["16", "50", "[25-75]", "–", "–", "25", "[10-40]", "–"]
-    assert lines[3].split()[2:5] == ["1600", "50.0", "[30.0-70.0]"]
+    # `mean [low, high]`, the style of every interval the platform prints (evaluate/metrics.py)
+    assert lines[2].split()[2:] == ["16", "50", "[25,", "75]", "–", "–", "25", "[10,", "40]", "–"]
+    assert lines[3].split()[2:6] == ["1600", "50.0", "[30.0,", "70.0]"]
 
 
 def test_read_summary_csv_fallback(tmp_path):
