@@ -18,9 +18,6 @@ DESCRIPTION = (
     "experiment's Table 3 is `instructedit report --experiment NAME`."
 )
 
-DEFAULT_TASKS = ("counterfact", "recent", "convsent", "zsre")
-
-
 def add_arguments(p) -> None:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--editor", metavar="CKPT", help="editor checkpoint: an editor.pt, a step folder, or a "
@@ -73,225 +70,79 @@ def add_arguments(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def _tasks(values) -> list[str]:
-    return [t for v in values for t in v.split(",") if t]
+def _tasks(values) -> tuple[str, ...]:
+    return tuple(t for v in values or () for t in v.split(",") if t)
+
+
+def request(args):
+    """The parsed flags as a typed evaluation request."""
+    from pathlib import Path
+
+    from ..evaluate.run import EvalRequest
+
+    hparams = {k: v for k, v in (("steps", args.ftl_steps), ("lr", args.ftl_lr),
+                                  ("norm_bound", args.ftl_norm_bound)) if v is not None}
+    if args.key_stats_text:
+        hparams["stats"] = {"text_file": str(Path(args.key_stats_text).resolve())}
+    return EvalRequest(
+        editor=args.editor, run=args.run, baseline=args.baseline, model=args.model, hparams=hparams,
+        tasks=_tasks(args.tasks), split=args.split, instructions=args.instructions,
+        instructed_probes=not args.no_instructed, generation=not args.no_generation, gen_tokens=args.gen_tokens,
+        out=args.out, max_records=args.max_records, batch_size=args.batch_size, max_length=args.max_length,
+        sequential=args.sequential, workers=args.workers, device=args.device, data_dir=args.data_dir,
+        prepared_dir=args.prepared_dir, seed=args.seed, tracking_uri=args.tracking_uri,
+        experiment=args.experiment, new_run=args.new_run, log=not args.no_log, progress=not args.quiet)
 
 
 def run(args) -> int:
-    import json
-    import sys
     from pathlib import Path
 
-    from ..config import DataConfig, RunConfig
-    from ..evaluate import runner
+    from ..evaluate import run as ev
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    if not (args.editor or args.run or args.baseline):
+    req = request(args)
+    if not req.has_target:
         if not args.compare_table:
             print("instructedit evaluate: give --editor, --run, --baseline or --compare-table", file=sys.stderr)
             return 2
-        return _compare(args)
+        return _compare(args.compare_table)
+    if req.baseline and args.key_stats_text and not Path(args.key_stats_text).is_file():
+        print(f"instructedit evaluate: --key-stats-text {args.key_stats_text}: no such file", file=sys.stderr)
+        return 2
+    plan = ev.plan(req)
+    if plan.found:
+        print(plan.found, file=sys.stderr, flush=True)
+    records = ev.load(plan)
+    say(f"[eval] {plan.tags['method']} on {', '.join(plan.tasks)} ({req.split}, instructions {plan.setting}): "
+        f"{len(records)} records, device {plan.target.device}")
 
-    import torch
+    if req.sequential:
+        rows, path = ev.sequential(plan, records)
+        for r in rows:
+            print(f"K={r['k']} " + " ".join(f"{m}={v:.3f}" for m, v in r.items() if m != "k" and v is not None))
+        print(f"sequential: {path}")
+        logged = ev.log_sequential(plan, rows, path)
+        if logged:
+            print(logged.line)
+        return 0
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    info: dict = {}
-    editor_run = None
-    run_folder = ""
-    if args.editor or args.run:
-        from ..api import resolve_checkpoint
-        from ..editor.checkpoint import step_of
-
-        # One resolver for a file, a step folder, a run folder (its best by validation) or a run id.
-        found = resolve_checkpoint(args.editor or args.run, args.tracking_uri)
-        print(found.line(), file=sys.stderr, flush=True)
-        args.editor = str(found.path)
-        run_folder = found.path.parent.parent.name if step_of(found.path.parent) is not None else ""
-    if args.run:
-        from .. import tracking
-
-        editor_run = tracking.get_run(args.run, args.tracking_uri)
-    if args.editor:
-        info = runner.checkpoint_info(args.editor)
-        if editor_run is not None:
-            t = editor_run.data.tags
-            info = {**info, **{k: t[k] for k in ("mode", "tasks", "instruction_setting") if t.get(k)}}
-        target = runner.EvalTarget("editor", checkpoint=str(args.editor), device=device)
-        tags = runner.method_tags("editor", info.get("mode", ""))
-        tags["tasks"] = info.get("tasks", "")
-        tags.update({k: info[k] for k in ("seed", "step") if info.get(k)})  # seeds are aggregated in tables
-        default_tasks = [t for t in info.get("tasks", "").split(",") if t] + ["zsre"]
-        trained_with = info.get("instruction_setting") or "none"
-        instructed_edit = trained_with != "none"  # edit from the instructed input only if trained on it
-        setting = args.instructions or (trained_with if instructed_edit else "seen")
-        name = args.run or run_folder or Path(args.editor).resolve().parent.name
-    else:
-        hparams = {k: v for k, v in (("steps", args.ftl_steps), ("lr", args.ftl_lr),
-                                      ("norm_bound", args.ftl_norm_bound)) if v is not None}
-        if args.key_stats_text:
-            if not Path(args.key_stats_text).is_file():
-                print(f"instructedit evaluate: --key-stats-text {args.key_stats_text}: no such file", file=sys.stderr)
-                return 2
-            hparams["stats"] = {"text_file": str(Path(args.key_stats_text).resolve())}
-        target = runner.EvalTarget(args.baseline, model=args.model, device=device, hparams=hparams)
-        target.hyperparameters()  # a flag the method does not take fails here, naming its YAML
-        tags = {**runner.method_tags(args.baseline), "tasks": ""}
-        default_tasks = list(DEFAULT_TASKS)
-        instructed_edit = False  # baselines edit from the plain prompt
-        setting = args.instructions or "seen"
-        name = f"{args.baseline}-{args.model}"
-    tasks = list(dict.fromkeys(_tasks(args.tasks) if args.tasks else default_tasks))
-    tags["instruction_setting"] = setting
-    out = Path(args.out or Path("evals") / name / f"{args.split}-{setting.replace(':', '_')}")
-
-    from ..data.pipeline import load_records
-
-    cfg = RunConfig(data=DataConfig(tasks=tuple(tasks), hold_out=(), data_dir=args.data_dir,
-                                    prepared_dir=args.prepared_dir, instruction_setting=setting,
-                                    seed=args.seed, max_records=args.max_records, on_error="skip"))
-    records = load_records(cfg, args.split, tasks)
-    say(f"[eval] {tags['method']} on {', '.join(tasks)} ({args.split}, instructions {setting}): "
-        f"{len(records)} records, device {device}")
-
-    if args.sequential:
-        return _sequential(args, target, records, setting, out, tags, editor_run, info, say, instructed_edit)
-
-    from ..evaluate.core import EvalOptions
-
-    options = EvalOptions(instructed_edit=instructed_edit, instructed_probes=not args.no_instructed,
-                          generation=not args.no_generation, gen_tokens=args.gen_tokens)
-    result = runner.run_evaluation(records, out, target=target, setting=setting, split=args.split,
-                                   batch_size=args.batch_size, max_length=args.max_length,
-                                   workers=args.workers, seed=args.seed, progress=not args.quiet,
-                                   options=options)
-    _print_summary(result.summary, args.split)
-    rid = _log(args, result, tags, editor_run, info, setting, instructed_edit, target)
-    (out / "run.json").write_text(json.dumps({"run_id": rid or "", "tags": tags}, indent=1))
+    result = ev.evaluate(plan, records)
+    print("\n".join(ev.summary_lines(result.summary, req.split)))
+    logged = ev.log(plan, result)
+    if logged:
+        print(logged.line)
     print(f"cases:   {result.cases_path}\nsummary: {result.summary_json_path}")
-    if args.compare_table:
-        return _compare(args)
-    return 0
+    return _compare(args.compare_table) if args.compare_table else 0
 
 
-def _log(args, result, tags, editor_run, info, setting, instructed_edit: bool, target=None) -> str | None:
-    if args.no_log:
-        return None
-    from ..evaluate import runner
+def _compare(src: str) -> int:
+    from ..evaluate.run import NotAnEvalFolder, compare_folder
 
-    same_setting = editor_run is not None and editor_run.data.tags.get("instruction_setting", setting) == setting
-    if editor_run is not None and same_setting and not args.new_run:
-        rid = runner.log_results(result, args.split, run_id=args.run, tracking_uri=args.tracking_uri)
-        from .. import tracking
-
-        print(f"logged to editor {tracking.logged_to(rid, args.tracking_uri)}")
-        return rid
-    experiment = args.experiment or info.get("experiment") or "instructedit"
-    extra = {"model": info.get("model") or args.model}
-    if editor_run is not None:
-        extra["editor_run"] = args.run
-    rid = runner.log_results(result, args.split, experiment=experiment, tags={**tags, **extra},
-                             params={"eval.split": args.split, "eval.batch_size": args.batch_size,
-                                     "eval.max_records": args.max_records, "eval.max_length": args.max_length,
-                                     "eval.instructed_edit": instructed_edit, "eval.generation": not args.no_generation,
-                                     "eval.gen_tokens": args.gen_tokens,
-                                     "eval.checkpoint": args.editor or "", "eval.tasks": ",".join(
-                                         sorted(result.cases["task"].unique()) if len(result.cases) else []),
-                                     **(target.params() if target is not None else {})},
-                             tracking_uri=args.tracking_uri,
-                             run_name=f"eval-{tags['mode']}-{args.split}-{setting}")
-    from .. import tracking
-
-    print(f"logged to new eval {tracking.logged_to(rid, args.tracking_uri, experiment)}")
-    return rid
-
-
-def _print_summary(summary: dict, split: str) -> None:
-    """One line per task: plain (headline) metrics first, then instructed, each `mean [ci] n`."""
-    from ..evaluate.metrics import METRICS, order
-
-    for task in [t for t in summary if t != "avg"] + (["avg"] if "avg" in summary else []):
-        cells = []
-        for m in order(summary[task]):
-            e = summary[task][m]
-            k = METRICS[m].scale if m in METRICS else 1.0
-            cells.append(f"{m}={e['mean'] * k:.1f} [{e['ci_low'] * k:.1f}, {e['ci_high'] * k:.1f}] n={e['n']}")
-        print(f"{split}/{task}: " + "  ".join(cells))
-
-
-def _sequential(args, target, records, setting, out, tags, editor_run, info, say, instructed_edit: bool) -> int:
-    import csv
-
-    from ..data.instructions import retag
-    from ..evaluate import runner
-    from ..evaluate.sequential import evaluate_sequential, sequential_metrics
-
-    records = retag(records, setting, args.seed)[: args.sequential]
-    editor, make = runner.build(target)
-    rows = evaluate_sequential(editor, records, make, None, args.max_length, progress=not args.quiet,
-                               instructed_edit=instructed_edit)
-    out.mkdir(parents=True, exist_ok=True)
-    cols = ["k"] + sorted({c for r in rows for c in r} - {"k"})
-    with open(out / "sequential.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, cols)
-        w.writeheader()
-        w.writerows(rows)
-    for r in rows:
-        print(f"K={r['k']} " + " ".join(f"{m}={v:.3f}" for m, v in r.items() if m != "k" and v is not None))
-    print(f"sequential: {out / 'sequential.csv'}")
-    if not args.no_log:
-        from .. import tracking
-
-        rid = args.run if editor_run is not None and not args.new_run else None
-        if rid is None:
-            with tracking.run(args.experiment or info.get("experiment") or "instructedit",
-                              f"sequential-{tags['mode']}-{setting}", tracking_uri=args.tracking_uri,
-                              tags={"kind": "eval", **tags, "sequential": str(args.sequential)}) as new:
-                rid = new
-        else:
-            tracking.configure(args.tracking_uri)
-        for k, m in sequential_metrics(rows):
-            tracking.log_metrics(m, step=k, run_id=rid)
-        tracking.log_artifact(out / "sequential.csv", f"eval/{args.split}", run_id=rid)
-        print(f"logged to {tracking.logged_to(rid, args.tracking_uri)}")
-    return 0
-
-
-def _compare(args) -> int:
-    from pathlib import Path
-
-    src = Path(args.compare_table)
-    if src.is_dir() and any(src.rglob("cases.parquet")):
-        return _compare_cases(src)
-    if src.exists():
-        print(f"instructedit evaluate: --compare-table {src}: no cases.parquet under it (the per-case output "
-              "of `instructedit evaluate --out DIR`)", file=sys.stderr)
-    else:  # an MLflow experiment's Table 3 is the analysis layer's: the report
-        print(f"instructedit evaluate: --compare-table reads evaluation folders; {src} is not one (for an MLflow "
-              f"experiment's Table 3: instructedit report --experiment {src})", file=sys.stderr)
-    return 2
-
-
-# Columns of the interval table: headline (plain) metrics, then instructed and generation-based.
-COMPARE_METRICS = ["reliability", "generalization", "portability", "locality", "es", "dd",
-                   "reliability_instructed", "generalization_instructed", "portability_instructed", "es_instructed",
-                   "reliability_gen", "generalization_gen", "locality_gen"]
-
-
-def _compare_cases(src) -> int:
-    """Per-case results under `src` -> the interval table (seeds aggregated) and the paired
-    InstructEdit - MEND (multi-task) differences, printed and written as Markdown."""
-    from ..evaluate import compare
-
-    df = compare.read_cases(src)
-    text = "## Methods (mean [95% bootstrap CI], x100 except dd)\n\n" + compare.long_table(df, COMPARE_METRICS)
-    methods = set(df["method"])
-    for a, b in (("InstructEdit", "MEND (multi-task)"), ("InstructEdit", "Pre-edit")):
-        if {a, b} <= methods:
-            text += f"\n\n## {a} - {b}, paired\n\n" + compare.difference_table(df, a, b, COMPARE_METRICS)
+    try:
+        text, path = compare_folder(src)
+    except NotAnEvalFolder as e:
+        print(f"instructedit evaluate: {e}", file=sys.stderr)
+        return 2
     print(text)
-    path = src / "table.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
     print(f"table: {path}")
     return 0

@@ -28,19 +28,22 @@ class Metric:
     source: str = ""
     scale: float = 100.0  # display factor: shares are shown in percent
     headline: bool = True  # plain probes; False for instructed variants (extra columns)
+    # a column of the comparison tables; False for a breakdown of another metric (portability per
+    # kind) and for the selection key (edit_success)
+    in_tables: bool = True
 
 
 METRICS: dict[str, Metric] = {}
 
 
 def register(name: str, higher_is_better: bool, description: str, probe: str = "", source: str = "",
-             scale: float = 100.0, instructed: bool = False) -> Metric:
-    m = Metric(name, higher_is_better, description, probe, source, scale, headline=True)
+             scale: float = 100.0, instructed: bool = False, in_tables: bool = True) -> Metric:
+    m = Metric(name, higher_is_better, description, probe, source, scale, headline=True, in_tables=in_tables)
     METRICS[name] = m
     if instructed:  # the same metric on the record's instruction-tagged probe, for every method
         METRICS[name + INSTRUCTED] = Metric(name + INSTRUCTED, higher_is_better, description + " (instructed probe)",
                                             f"{probe}, prefixed by the task instruction", source, scale,
-                                            headline=False)
+                                            headline=False, in_tables=in_tables)
     return m
 
 
@@ -54,7 +57,7 @@ register("portability", True, f"mean over portability kinds of {_TF} (any alias 
          instructed=True)
 for _kind in ("reasoning", "subject_aliasing", "logical_generalization"):
     register(f"portability/{_kind}", True, f"portability on {_kind.replace('_', ' ')} prompts",
-             f"plain {_kind.replace('_', ' ')} questions", "KnowEdit", instructed=True)
+             f"plain {_kind.replace('_', ' ')} questions", "KnowEdit", instructed=True, in_tables=False)
 register("locality", True, "share of answer-token argmax predictions unchanged by the edit on unrelated prompts",
          "plain unrelated prompts (never instructed)", "MEND 'drawdown' as accuracy; KnowEdit 'Locality'")
 register("es", True, "ConvSent edit success: sigmoid(mean logp good - mean logp bad) x min(1, exp(mean logp "
@@ -69,7 +72,7 @@ register("generalization_gen", True, "greedy continuation of plain rephrases sta
 register("locality_gen", True, "greedy continuation of an unrelated prompt is unchanged by the edit",
          "plain unrelated prompts", "generation-based evaluation")
 register("edit_success", True, "reliability, or ES for ConvSent: the selection key per case",
-         "the plain edit prompt / topic question", "this platform")
+         "the plain edit prompt / topic question", "this platform", in_tables=False)
 
 
 def get(name: str) -> Metric:
