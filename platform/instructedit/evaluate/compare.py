@@ -4,7 +4,9 @@ Input: evaluation folders (what `instructedit evaluate --out DIR` writes: cases.
 run.json with the method tags), found recursively under one root. Evaluations of one method that
 differ only by training seed (tag `seed`) are one row: the value of a cell is the mean over seeds
 of the mean over cases, and its interval resamples cases and seeds (stats.bootstrap on the seeds x
-cases matrix). A difference between two methods uses the cases both were evaluated on, paired.
+cases matrix). In a table, every cell of a task is over the same cases: those all its methods were
+evaluated on (a note says how many were dropped). A difference between two methods uses the cases
+both were evaluated on, paired.
 Torch-free, like stats and metrics.
 """
 
@@ -53,12 +55,46 @@ def _matrix(df: pd.DataFrame, metric: str, case_ids: list[str] | None = None) ->
     return wide.to_numpy(dtype=float), cases
 
 
-def cell(df: pd.DataFrame, method: str, task: str, metric: str) -> Cell | None:
+def cell(df: pd.DataFrame, method: str, task: str, metric: str, case_ids: list[str] | None = None) -> Cell | None:
+    """One method's value of `metric` on `task`: over `case_ids` when given (the cases every method of
+    a table shares), else over every case the method was evaluated on."""
     sub = df[(df["method"] == method) & (df["task"] == task)]
+    if case_ids is not None:
+        sub = sub[sub["case_id"].isin(case_ids)]
     if metric not in sub or sub[metric].isna().all():
         return None
-    m, _ = _matrix(sub, metric)
+    m, _ = _matrix(sub, metric, sorted(case_ids) if case_ids is not None else None)
     return Cell(stats.bootstrap(m), m.shape[0])
+
+
+@dataclass(frozen=True)
+class Common:
+    """The cases of one task that every method shown with any case of it was evaluated on."""
+
+    case_ids: list[str]
+    total: int  # cases of the task any shown method was evaluated on
+
+    @property
+    def dropped(self) -> int:
+        return self.total - len(self.case_ids)
+
+
+def common_cases(df: pd.DataFrame, task: str, methods: list[str]) -> Common:
+    """A table compares methods on the same records: per task, the intersection of the case ids of
+    the methods that have the task at all (a method without any of its cases shows "–" instead of
+    emptying the task)."""
+    sub = df[(df["task"] == task) & df["method"].isin(methods)]
+    sets = [set(g["case_id"]) for _, g in sub.groupby("method")]
+    common = sorted(set.intersection(*sets)) if sets else []
+    return Common(common, sub["case_id"].nunique())
+
+
+def _dropped_note(commons: dict[str, Common]) -> str:
+    dropped = [f"{t} {c.dropped} of {c.total}" for t, c in commons.items() if c.dropped]
+    if not dropped:
+        return ""
+    return ("\n\nCells use only the cases every method shown was evaluated on; cases dropped for lack of "
+            "overlap: " + ", ".join(dropped) + ".")
 
 
 def paired_difference(df: pd.DataFrame, a: str, b: str, task: str, metric: str) -> stats.Estimate | None:
@@ -90,30 +126,32 @@ def fmt(est: stats.Estimate, metric: str) -> str:
 
 def interval_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = None,
                    methods: list[str] | None = None) -> str:
-    """Markdown: one row per method, a column per task x metric, `mean [95% CI]`; n per task in the
-    header (cases; seeds per row in the Method cell when more than one)."""
+    """Markdown: one row per method, a column per task x metric, `mean [95% CI]`, every cell of a
+    task over the cases all methods share (`common_cases`); that n per task in the header (seeds
+    per row in the Method cell when more than one), and a note of the cases dropped."""
     tasks = tasks or sorted(df["task"].unique(), key=lambda t: (t == "zsre", t))
     methods = methods or methods_in_order(df)
+    commons = {t: common_cases(df, t, methods) for t in tasks}
     cols, header = [], ["Method"]
     for t in tasks:
-        n = df[df["task"] == t]["case_id"].nunique()
         for m in order(metrics):
             if m in df and df[df["task"] == t][m].notna().any():
                 cols.append((t, m))
-                header.append(f"{t} {m} (n={n})")
+                header.append(f"{t} {m} (n={len(commons[t].case_ids)})")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(cols)) + "|"]
     for method in methods:
-        cells = [cell(df, method, t, m) for t, m in cols]
+        cells = [cell(df, method, t, m, commons[t].case_ids) for t, m in cols]
         seeds = max((c.seeds for c in cells if c is not None), default=1)
         name = method + (f" ({seeds} seeds)" if seeds > 1 else "")
         lines.append("| " + " | ".join([name] + [fmt(c.est, m) if c else "–" for c, (_, m) in zip(cells, cols)]) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + _dropped_note({t: commons[t] for t in dict.fromkeys(t for t, _ in cols)})
 
 
 def long_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = None,
                methods: list[str] | None = None) -> str:
     """Markdown, one row per task x metric and a column per method (`mean [95% CI]`): readable
-    when there are many metrics; n is the number of cases of the task."""
+    when there are many metrics. Every cell of a task is over the cases all methods share
+    (`common_cases`); n is their number, and a note says how many cases were dropped."""
     tasks = tasks or sorted(df["task"].unique(), key=lambda t: (t == "zsre", t))
     methods = methods or methods_in_order(df)
     heads = []
@@ -121,13 +159,18 @@ def long_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = N
         seeds = df[df["method"] == method]["seed"].nunique()
         heads.append(method + (f" ({seeds} seeds)" if seeds > 1 else ""))
     lines = ["| task | metric | n | " + " | ".join(heads) + " |", "|---|---|---:|" + "---:|" * len(methods)]
+    shown = {}
     for t in tasks:
-        n = df[df["task"] == t]["case_id"].nunique()
+        common = common_cases(df, t, methods)
+        if common.total and not common.case_ids:
+            shown[t] = common  # no case is shared: no row, but the note says so
         for m in order(metrics):
-            cells = [cell(df, method, t, m) for method in methods]
+            cells = [cell(df, method, t, m, common.case_ids) for method in methods]
             if any(cells):
-                lines.append(f"| {t} | {m} | {n} | " + " | ".join(fmt(c.est, m) if c else "–" for c in cells) + " |")
-    return "\n".join(lines)
+                shown[t] = common
+                lines.append(f"| {t} | {m} | {len(common.case_ids)} | "
+                             + " | ".join(fmt(c.est, m) if c else "–" for c in cells) + " |")
+    return "\n".join(lines) + _dropped_note(shown)
 
 
 def difference_table(df: pd.DataFrame, a: str, b: str, metrics: list[str], tasks: list[str] | None = None) -> str:

@@ -8,10 +8,10 @@ import pytest
 from instructedit.evaluate import compare, stats
 
 
-def _write(root, name, method, seed, rel):
+def _write(root, name, method, seed, rel, task="zsre"):
     d = root / name
     d.mkdir(parents=True)
-    rows = [{"case_id": f"c{i}", "task": "zsre", "instruction_setting": "seen", "reliability": float(v),
+    rows = [{"case_id": f"c{i}", "task": task, "instruction_setting": "seen", "reliability": float(v),
              "reliability_instructed": 1.0} for i, v in enumerate(rel)]
     pd.DataFrame(rows).to_parquet(d / "cases.parquet")
     (d / "run.json").write_text(json.dumps({"run_id": "", "tags": {"method": method, "seed": str(seed)}}))
@@ -53,3 +53,24 @@ def test_long_table_rows_per_task_and_metric(tmp_path):
     # the one rounding rule (metrics.format_estimate): 4 cases support whole percents only
     assert lines[2] == "| zsre | reliability | 4 | 25 [0, 75] | 75 [25, 100] |"
     assert lines[3].startswith("| zsre | reliability_instructed | 4 |")
+
+
+def test_cells_of_a_task_use_the_cases_every_method_shares(tmp_path):
+    # A: 10 cases (the last 6 all right); B: the first 4 only; C: none of zsre (another task).
+    _write(tmp_path, "a", "Pre-edit", 0, [0.0, 1.0, 0.0, 0.0] + [1.0] * 6)
+    _write(tmp_path, "b", "InstructEdit", 0, [1.0, 1.0, 1.0, 0.0])
+    _write(tmp_path, "c", "FT-L", 0, [1.0, 1.0], task="counterfact")
+    df = compare.read_cases(tmp_path)
+    common = compare.common_cases(df, "zsre", ["Pre-edit", "FT-L", "InstructEdit"])
+    assert common.case_ids == ["c0", "c1", "c2", "c3"] and common.total == 10 and common.dropped == 6
+    lines = compare.long_table(df, ["reliability"]).splitlines()
+    assert lines[0] == "| task | metric | n | Pre-edit | FT-L | InstructEdit |"
+    # Pre-edit on its first 4 cases (25), not on all 10 (70); FT-L has no ZsRE case: "–"
+    assert lines[3] == "| zsre | reliability | 4 | 25 [0, 75] | – | 75 [25, 100] |"
+    assert lines[2].startswith("| counterfact | reliability | 2 | – | 100 [100, 100] | – |")
+    assert lines[-1].endswith("cases dropped for lack of overlap: zsre 6 of 10.")
+    table = compare.interval_table(df, ["reliability"])
+    assert "zsre reliability (n=4)" in table and "| Pre-edit | – | 25 [0, 75] |" in table
+    assert table.splitlines()[-1].endswith("zsre 6 of 10.")
+    # the same cases for all: no note
+    assert "dropped" not in compare.long_table(df[df["task"] == "counterfact"], ["reliability"])
