@@ -41,14 +41,14 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
+    # No loss or metric list here: the training loss follows each record's data (sentiment records
+    # get unlikelihood) and the metrics its probes.
     name: str
     description: str  # what the task asks of the editor; the instruction writer starts from it
     sources: tuple[SourceConfig, ...]
     instructions: tuple[Instruction, ...]
     template: str = "Task: {task}\nDescription: {instruction}\nInput: {prompt}"
     display_name: str = ""  # the {task} slot of the template
-    loss: str = "nll"  # nll | unlikelihood (ConvSent)
-    metrics: tuple[str, ...] = ("reliability", "generalization", "locality", "portability")
     balance_to: int | None = None  # down/up-sample the task to N records (ConvSent: 1427)
     hold_out: bool = False  # never trained on (ZsRE)
 

@@ -57,7 +57,8 @@ class MendEditor(EditableModel, nn.Module):
         self.transforms = nn.ModuleDict()
         for key, members in groups.items():
             out_dim, in_dim = weight_shape(self.layers[members[0]])
-            self.transforms[key] = GradientTransform(in_dim, out_dim, len(members), cfg.rank, cfg.n_hidden, cfg.norm)
+            self.transforms[key] = GradientTransform(in_dim, out_dim, len(members), cfg.rank, cfg.n_hidden, cfg.norm,
+                                                     cfg.norm_eps, cfg.norm_eps_on)
         self.edit_lrs = nn.Parameter(torch.full((len(self.names),), float(cfg.edit_lr)))
 
     @property
@@ -67,16 +68,29 @@ class MendEditor(EditableModel, nn.Module):
     # ------------------------------------------------------------------------------ editing
     def transform(self, u: dict[str, torch.Tensor], d: dict[str, torch.Tensor],
                   token_mask: torch.Tensor) -> Edits:
-        """(u, d) per token -> the low-rank factors of every edit; pad tokens get zero factors."""
-        sel = token_mask.bool()
+        """(u, d) per token -> the low-rank factors of every edit; unselected tokens get zero factors."""
         edits: Edits = {}
         for i, n in enumerate(self.names):
+            sel = self.selected_tokens(u[n], d[n], token_mask)
             g = self.transforms[self.shape_key[n]]
             u_t, d_t = g(u[n][sel], d[n][sel], self.mode[n])
             U = u[n].new_zeros(u[n].shape).masked_scatter(sel[..., None], u_t)
             D = d[n].new_zeros(d[n].shape).masked_scatter(sel[..., None], d_t)
             edits[n] = LowRankEdit(U=U, D=-self.edit_lrs[i] * D)
         return edits
+
+    def selected_tokens(self, u: torch.Tensor, d: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """(N, L) bool: the tokens of one weight that feed its running statistics and its edit.
+
+        "gradient" (MEND's mask): attended tokens whose u and d are both non-zero. A token whose
+        output gradient is zero (each row's last token, which predicts nothing the loss scores)
+        has a zero rank-1 gradient, but normalisation would turn it into a non-zero term of the
+        edit and a sample of the statistics. "attention" (legacy checkpoints): every attended token.
+        """
+        sel = token_mask.bool()
+        if self.cfg.token_select == "gradient":
+            sel = sel & (u != 0).any(-1) & (d != 0).any(-1)
+        return sel
 
     def edit(self, batch: TokenBatch, hidden: torch.Tensor | None = None) -> tuple[Edits, EditInfo]:
         """One edit per row of `batch` (prompt -> target). Returns factors indexed by row."""
@@ -123,9 +137,20 @@ class MendEditor(EditableModel, nn.Module):
             raise CheckpointMismatch(
                 f"editor checkpoint was trained for base model {ckpt['model_name']!r} (fingerprint "
                 f"{ckpt['fingerprint']}), but the given model {loaded.config.name!r} has fingerprint {fp}")
-        editor = cls(loaded, from_dict(EditorConfig, ckpt["editor_config"]))
+        editor = cls(loaded, editor_config_of(ckpt))
         editor.load_state_dict(ckpt["state_dict"])
         return editor.to(device)
+
+
+# Editor fields added after checkpoints were first written, with the value that reproduces how
+# those older checkpoints were trained and edit. A checkpoint whose editor_config lacks a field
+# was written before it existed and gets the legacy value; new checkpoints store every field.
+LEGACY_EDITOR_FIELDS = {"norm_eps": 1e-5, "norm_eps_on": "var", "token_select": "attention", "loc_positions": "answer"}
+
+
+def editor_config_of(ckpt: dict) -> EditorConfig:
+    stored = dict(ckpt["editor_config"])
+    return from_dict(EditorConfig, {**LEGACY_EDITOR_FIELDS, **stored}, "editor_config")
 
 
 def load_checkpoint_file(path: str | Path) -> dict:

@@ -2,12 +2,15 @@
 Train worker (trainer.py) runs the same function with a process group and report hooks.
 
 Per step: sample this worker's share of the global batch -> training_step -> backward -> (DDP
-averages the hypernetwork's gradients) -> clip -> Adam. Every `val_every` steps: batched validation
-on the val split (never training data), best checkpoint, early stopping with patience.
+averages the hypernetwork's gradients) -> clip -> scheduled lr (schedule.py) -> Adam. Every
+`val_every` steps: batched validation on the val split (never training data), best checkpoint, and
+early stopping: after `early_stop_patience` validations in a row without a new best, training
+stops and the result (and best.json) names the best validation step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import sys
@@ -21,11 +24,12 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import RunConfig, run_model_config, to_dict
-from ..editor.mend import MendEditor
+from ..editor.mend import LEGACY_EDITOR_FIELDS, MendEditor
 from ..evaluate.core import EvalOptions, evaluate_batch, mend_edits
 from ..evaluate.metrics import task_means
 from ..models import LoadedModel, build_model
 from .checkpoint import EDITOR_FILE, save_step, step_dir_name, write_best
+from .schedule import lr_factor
 from .step import StepBatch, make_step_batch, training_step
 
 
@@ -135,10 +139,28 @@ def build_editor(cfg: RunConfig, loaded: LoadedModel | None = None, device: str 
 
 
 def make_optimizer(editor: MendEditor, cfg: RunConfig) -> torch.optim.Optimizer:
+    """Adam with two groups, in this order: the transforms (editor.lr), the edit lrs (lr_lr)."""
     lr_params = [editor.edit_lrs]
     net_params = [p for n, p in editor.named_parameters() if n != "edit_lrs"]
     return torch.optim.Adam([{"params": net_params, "lr": cfg.editor.lr},
                              {"params": lr_params, "lr": cfg.editor.lr_lr}])
+
+
+def set_lr(optimizer: torch.optim.Optimizer, cfg: RunConfig, step: int) -> float:
+    """Both groups' lr for the update after `step` completed steps; returns the factor."""
+    f = lr_factor(step, cfg.train)
+    for group, base in zip(optimizer.param_groups, (cfg.editor.lr, cfg.editor.lr_lr)):
+        group["lr"] = base * f
+    return f
+
+
+def resume_config(cfg: RunConfig, resume: dict | None) -> RunConfig:
+    """A training state written before the editor fields of LEGACY_EDITOR_FIELDS existed (no
+    "editor_fields" entry) resumes with their legacy values: the statistics and edit lrs it
+    carries were learnt with them, and its checkpoints must keep editing the same way."""
+    if not resume or "editor_fields" in resume:
+        return cfg
+    return dataclasses.replace(cfg, editor=dataclasses.replace(cfg.editor, **LEGACY_EDITOR_FIELDS))
 
 
 def train_editor(
@@ -165,6 +187,10 @@ def train_editor(
     if not val_records:
         raise ValueError("no validation records: training never validates on training data")
 
+    if resume and "editor_fields" not in resume and editor is None:
+        say("[train] resuming a state written before editor.norm_eps/norm_eps_on/token_select/loc_positions "
+            f"existed: continuing with their legacy values {LEGACY_EDITOR_FIELDS}")
+    cfg = resume_config(cfg, resume) if editor is None else cfg
     editor = editor or build_editor(cfg, loaded, str(device))
     if tc.hidden_cache_mb > 0:
         editor.split.enable_cache(tc.hidden_cache_mb)
@@ -215,17 +241,21 @@ def train_editor(
         if hooks.on_batch:
             hooks.on_batch(step, records)
         batch = make_step_batch(records, editor.tokenizer, tc.max_length, seed=tc.seed * 100003 + step,
-                                n_sentences=tc.sentiment_sentences).to(device)
+                                n_sentences=tc.sentiment_sentences,
+                                outer=cfg.editor.rephrase_in_edit_loss).to(device)
         # bf16 autocast on GPU (trainer.py); the hypernetwork's parameters and Adam stay fp32.
         with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss, metrics = step_module(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(editor.parameters(), cfg.editor.grad_clip)
+        factor = set_lr(optimizer, cfg, step)
         optimizer.step()
         step += 1
         steps_this_run += 1
         metrics["train/grad_norm"] = float(grad_norm)
+        metrics["lr/hypernet"] = cfg.editor.lr * factor
+        metrics["lr/lr_lr"] = cfg.editor.lr_lr * factor
         if world > 1:
             t = torch.tensor([metrics[k] for k in sorted(metrics)], dtype=torch.float64)
             dist.all_reduce(t)
@@ -261,7 +291,9 @@ def train_editor(
             if out is not None and rank == 0:
                 ckpt_dir = save_step(out, step, editor, {"editor": editor.state_dict(),
                                      "optimizer": optimizer.state_dict(), "best": best, "best_step": best_step,
-                                     "bad_vals": bad_vals, "best_metrics": best_metrics}, val, to_dict(cfg))
+                                     "bad_vals": bad_vals, "best_metrics": best_metrics,
+                                     # marks a state written with the editor fields of its config
+                                     "editor_fields": sorted(LEGACY_EDITOR_FIELDS)}, val, to_dict(cfg))
                 if improved:
                     write_best(out, step, tc.early_stop_metric, score)
             if hooks.on_validate:

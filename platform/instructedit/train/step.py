@@ -1,21 +1,25 @@
 """One editor training step: no I/O, no Ray, no MLflow.
 
 edit rows -> (u, d) -> transform -> edits; then, with the edits applied row by row:
-  edit loss  = NLL of the target on the edit input (ConvSent: unlikelihood of good vs bad sentences)
-  loc loss   = KL(pre || post) on the edit's locality prompt (never instructed)
+  edit loss  = NLL of the target on the edit input (ConvSent: unlikelihood of good vs bad sentences);
+               with editor.rephrase_in_edit_loss also on the plain prompt and a rephrase (MEND's
+               edit_outer), averaged per edit over its rows
+  loc loss   = KL(pre || post) on the edit's locality sequence (never instructed), over every token
+               of it (editor.loc_positions: all, as MEND) or its answer positions only
   total      = c_edit * edit + c_loc * loc
 Every group's lower blocks run once; the pre-edit and post-edit passes reuse those hidden states.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
 import torch
 
 from ..config import EditorConfig
-from ..data.batches import TokenBatch, edit_batch, probe_batch
+from ..data.batches import TokenBatch, edit_batch, encode_pairs, probe_batch
 from ..editor import losses
 from ..editor.mend import MendEditor
 
@@ -27,24 +31,61 @@ class StepBatch:
     sentiment: TokenBatch | None  # ConvSent good/bad sentences, rows tied to their edit
     is_sentiment: torch.Tensor  # (B,) bool: the edit's loss is unlikelihood
     tasks: list[str]
+    outer: TokenBatch | None = None  # rephrase_in_edit_loss: plain prompt + rephrase rows, tied to their edit
 
     def to(self, device) -> StepBatch:
         return StepBatch(self.edit.to(device), self.loc.to(device) if self.loc else None,
                          self.sentiment.to(device) if self.sentiment else None,
-                         self.is_sentiment.to(device), self.tasks)
+                         self.is_sentiment.to(device), self.tasks,
+                         self.outer.to(device) if self.outer else None)
 
 
-def make_step_batch(records, tokenizer, max_length: int = 96, seed: int = 0, n_sentences: int = 2) -> StepBatch:
-    """A training batch: one locality probe per edit (seeded pick), a few sentiment sentences."""
+def make_step_batch(records, tokenizer, max_length: int = 96, seed: int = 0, n_sentences: int = 2,
+                    outer: bool = False) -> StepBatch:
+    """A training batch: one locality probe per edit (seeded pick), a few sentiment sentences;
+    `outer` (editor.rephrase_in_edit_loss): the plain prompts and one rephrase per edit."""
     rng = random.Random(seed)
+    loc_pick = rng.randrange(1 << 30)
     return StepBatch(
         edit=edit_batch(records, tokenizer, max_length),
-        loc=probe_batch(records, tokenizer, "locality", max_length, pick=rng.randrange(1 << 30)),
+        loc=probe_batch(records, tokenizer, "locality", max_length, pick=loc_pick),
         # instructed like the edit input, as training has always scored sentiment rows
         sentiment=probe_batch(records, tokenizer, "sentiment", max_length, limit=n_sentences, instructed_probe=True),
         is_sentiment=torch.tensor([r.sentiment is not None for r in records]),
         tasks=[r.task for r in records],
+        outer=outer_batch(records, tokenizer, max_length, rng.randrange(1 << 30)) if outer else None,
     )
+
+
+def outer_batch(records, tokenizer, max_length: int, pick: int) -> TokenBatch | None:
+    """Rows where the edited model must also produce the target (MEND's edit_outer): the record's
+    plain prompt, when the edit input differs from it (an instruction is on it), and one of its
+    rephrases (seeded pick, so a run cycles through them). NLL records only: a ConvSent edit is
+    scored on its sentiment sentences."""
+    prompts, row_edit = [], []
+    for e, r in enumerate(records):
+        if r.sentiment is not None:
+            continue
+        if (r.edit_input or r.prompt) != r.prompt:
+            prompts.append(r.prompt)
+            row_edit.append(e)
+        rephrases = [p for p in r.rephrase_prompts if p.strip()]
+        if rephrases:
+            prompts.append(rephrases[pick % len(rephrases)])
+            row_edit.append(e)
+    if not prompts:
+        return None
+    return encode_pairs(tokenizer, prompts, [records[e].target_new for e in row_edit], row_edit,
+                        meta=[{"kind": "outer", "case_id": records[e].case_id} for e in row_edit],
+                        max_length=max_length)
+
+
+def loc_positions(batch: TokenBatch, which: str) -> TokenBatch:
+    """The locality batch with the positions its KL is taken over: every attended token (MEND) or
+    the answer positions only."""
+    if which == "answer":
+        return batch
+    return dataclasses.replace(batch, answer_mask=batch.attention_mask.bool())
 
 
 def training_step(editor: MendEditor, batch: StepBatch, cfg: EditorConfig) -> tuple[torch.Tensor, dict[str, float]]:
@@ -59,8 +100,20 @@ def training_step(editor: MendEditor, batch: StepBatch, cfg: EditorConfig) -> tu
     ids = batch.edit.answer_ids[batch.edit.answer_mask]
     nll = losses.nll(post, ids, rows, B)
     acc = losses.token_accuracy(post.detach(), ids, rows, B)
-    edit_loss = nll
     success = (acc == 1.0).float()
+    extra: dict[str, float] = {}
+    if batch.outer is not None:
+        # The same edit must hold on the plain prompt and a rephrase: each edit's loss is the mean
+        # over its edit-input row and its outer rows.
+        o = batch.outer
+        post_o = editor.answer_logits(o, editor.lower(o), edits)
+        orows = losses.answer_rows(o.answer_mask)
+        oids = o.answer_ids[o.answer_mask]
+        nll_o = losses.nll(post_o, oids, orows, len(o))
+        nll = losses.per_row_mean(torch.cat([nll, nll_o]), torch.cat([torch.arange(B, device=nll.device), o.row_edit]), B)
+        o_ok = (losses.token_accuracy(post_o.detach(), oids, orows, len(o)) == 1.0).float()
+        extra = {"loss/edit_outer": float(nll_o.detach().mean()), "train/outer_success": float(o_ok.mean())}
+    edit_loss = nll
     if batch.sentiment is not None:
         h_s = editor.lower(batch.sentiment)
         ul, s_ok = losses.sentiment_scores(editor.answer_logits(batch.sentiment, h_s, edits), batch.sentiment, B)
@@ -69,12 +122,13 @@ def training_step(editor: MendEditor, batch: StepBatch, cfg: EditorConfig) -> tu
 
     loc_loss = torch.zeros((), device=post.device)
     if batch.loc is not None:
-        h_loc = editor.lower(batch.loc)
+        loc = loc_positions(batch.loc, cfg.loc_positions)
+        h_loc = editor.lower(loc)
         with torch.no_grad():
-            pre_loc = editor.answer_logits(batch.loc, h_loc)
-        post_loc = editor.answer_logits(batch.loc, h_loc, edits)
-        lrows = losses.answer_rows(batch.loc.answer_mask)
-        loc_loss = losses.kl_pre_post(pre_loc, post_loc, lrows, len(batch.loc)).mean()
+            pre_loc = editor.answer_logits(loc, h_loc)
+        post_loc = editor.answer_logits(loc, h_loc, edits)
+        lrows = losses.answer_rows(loc.answer_mask)
+        loc_loss = losses.kl_pre_post(pre_loc, post_loc, lrows, len(loc)).mean()
 
     total = cfg.c_edit * edit_loss.mean() + cfg.c_loc * loc_loss
     metrics = {
@@ -84,5 +138,6 @@ def training_step(editor: MendEditor, batch: StepBatch, cfg: EditorConfig) -> tu
         "loss/pre_edit": float(info.pre_loss.mean()),
         "train/edit_success": float(success.mean()),
         "lr/edit_mean": float(editor.edit_lrs.detach().mean()),
+        **extra,
     }
     return total, metrics
