@@ -55,3 +55,17 @@ def test_unknown_model_and_task():
         load_run_config(None, {"model": "gpt-17"})
     with pytest.raises(ConfigError, match="unknown task"):
         load_run_config(None, {"data.tasks": ["nosuchtask"]})
+
+
+def test_task_yaml_with_the_removed_loss_and_metrics_keys_is_refused(tmp_path, monkeypatch):
+    # The loss is chosen per record by its data (sentiment records: unlikelihood), the metrics by
+    # its probes; a task YAML that still names them is told so like any other unknown key.
+    from instructedit import config
+
+    (tmp_path / "tasks").mkdir()
+    shipped = (config.CONFIG_DIR / "tasks" / "convsent.yaml").read_text()
+    for extra, key in (("loss: unlikelihood\n", "loss"), ("metrics: [es, dd]\n", "metrics")):
+        (tmp_path / "tasks" / "old.yaml").write_text(shipped + extra)
+        monkeypatch.setattr(config, "CONFIG_DIR", tmp_path)
+        with pytest.raises(ConfigError, match=rf"old.yaml: unknown key\(s\) \['{key}'\]"):
+            load_task("old")
