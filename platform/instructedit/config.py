@@ -107,8 +107,27 @@ class EditorConfig:
     c_edit: float = 0.1
     c_loc: float = 1.0
     grad_clip: float = 100.0
-    rephrase_in_edit_loss: bool = False  # train the edit loss on rephrases too
+    # the edit loss (meta-objective) also on the record's plain prompt and one rephrase per edit
+    # (MEND's edit_outer): rewards edits that hold on the questions users ask, not only the edit input
+    rephrase_in_edit_loss: bool = False
     edited_layers: tuple[int, ...] = ()  # () = the model YAML's edited_layers (negative = from the top)
+    # How (u, d) are standardised and which tokens form the edit. The defaults are MEND's; editor
+    # checkpoints written before these fields existed load with the legacy values (editor/mend.py
+    # LEGACY_EDITOR_FIELDS), so they edit exactly as they were trained.
+    norm_eps: float = 1e-7  # added to the running std (MEND's value); legacy: 1e-5 added to the variance
+    norm_eps_on: str = "std"  # std: (x - mean) / (std + eps) | var (legacy): (x - mean) / sqrt(var + eps)
+    # gradient: tokens whose u and d are both non-zero (MEND's mask: drops each row's last token
+    # and padding, whose output gradient is exactly zero) | attention (legacy): every attended token
+    token_select: str = "gradient"
+    loc_positions: str = "all"  # locality KL over: all (every token of the locality sequence, MEND) | answer
+
+    def __post_init__(self):
+        for name, allowed in (("norm_eps_on", ("std", "var")), ("token_select", ("gradient", "attention")),
+                              ("loc_positions", ("all", "answer"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"editor.{name} must be one of {'|'.join(allowed)}, got {getattr(self, name)!r}")
+        if not self.norm_eps > 0:
+            raise ConfigError(f"editor.norm_eps must be > 0, got {self.norm_eps!r}")
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -149,6 +168,21 @@ class TrainConfig:
     max_length: int = 96  # token cap of one sequence
     hidden_cache_mb: float = 2048  # cache of frozen lower-layer hidden states per sequence (0 = off)
     sentiment_sentences: int = 1  # ConvSent good and bad sentences per edit in a training step
+    # Learning-rate schedule of the hypernetwork, one factor applied to both Adam groups (the
+    # transform's lr and the edit learning rates' lr_lr): linear warm-up over warmup_steps, then
+    # decay to min_lr_ratio x the base lr at max_steps. A pure function of the step, so a resumed
+    # run continues the uninterrupted run's schedule. Defaults: constant (MEND; earlier runs).
+    warmup_steps: int = 0
+    lr_decay: str = "none"  # none | linear | cosine
+    min_lr_ratio: float = 0.0  # the decayed lr at max_steps, as a fraction of the base lr
+
+    def __post_init__(self):
+        if self.lr_decay not in ("none", "linear", "cosine"):
+            raise ConfigError(f"train.lr_decay must be one of none|linear|cosine, got {self.lr_decay!r}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
 
 
 @dataclass(frozen=True)
