@@ -61,7 +61,7 @@ def bootstrap(values, seed: int = 0, n_boot: int = N_BOOT, level: float = LEVEL)
     """Mean and bootstrap interval of per-case values (1-d) or of a (seeds, cases) matrix."""
     a = _matrix(values)
     n = a.shape[1]
-    if n == 0:
+    if a.size == 0:  # no cases, or no seed with a value (a metric the task does not have)
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
     mean = float(a.mean())
     if n == 1 and a.shape[0] == 1:
@@ -80,7 +80,7 @@ def paired(a_values, b_values, seed: int = 0, n_boot: int = N_BOOT, level: float
     keep = ~(np.isnan(a).any(axis=0) | np.isnan(b).any(axis=0))
     a, b = a[:, keep], b[:, keep]
     n = a.shape[1]
-    if n == 0:
+    if a.size == 0 or b.size == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
     mean = float(a.mean() - b.mean())
     rng = np.random.default_rng(seed)
@@ -93,7 +93,7 @@ def paired(a_values, b_values, seed: int = 0, n_boot: int = N_BOOT, level: float
 def stratified(groups: list, seed: int = 0, n_boot: int = N_BOOT, level: float = LEVEL) -> Estimate:
     """The macro average over groups (tasks) of their means; each draw resamples every group's
     cases within the group, so the interval is that of the average of task means."""
-    mats = [m for m in (_matrix(g) for g in groups) if m.shape[1]]
+    mats = [m for m in (_matrix(g) for g in groups) if m.size]
     if not mats:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
     rng = np.random.default_rng(seed)

@@ -74,3 +74,26 @@ def test_cells_of_a_task_use_the_cases_every_method_shares(tmp_path):
     assert table.splitlines()[-1].endswith("zsre 6 of 10.")
     # the same cases for all: no note
     assert "dropped" not in compare.long_table(df[df["task"] == "counterfact"], ["reliability"])
+
+
+def test_a_metric_the_task_lacks_is_no_row_and_no_warning(recwarn):
+    """generalization exists for zsre only: counterfact gets no difference row, and numpy warns of
+    no empty mean (a wall of RuntimeWarnings hid the table before)."""
+    import warnings
+
+    import pandas as pd
+    from instructedit.evaluate import compare
+
+    rows = []
+    for method in ("InstructEdit", "Pre-edit"):
+        for i in range(4):
+            rows.append({"method": method, "seed": "", "task": "counterfact", "case_id": f"c{i}",
+                         "reliability": float(method == "InstructEdit"), "generalization": float("nan")})
+            rows.append({"method": method, "seed": "", "task": "zsre", "case_id": f"z{i}",
+                         "reliability": 0.5, "generalization": 1.0})
+    df = pd.DataFrame(rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = compare.difference_table(df, "InstructEdit", "Pre-edit", ["reliability", "generalization"])
+    assert "| counterfact | generalization |" not in text and "| zsre | generalization |" in text
+    assert "| counterfact | reliability |" in text
