@@ -8,6 +8,7 @@ files (configs/tasks, configs/models) so that no code branches on a task or mode
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -51,6 +52,10 @@ class TaskConfig:
     display_name: str = ""  # the {task} slot of the template
     balance_to: int | None = None  # down/up-sample the task to N records (ConvSent: 1427)
     hold_out: bool = False  # never trained on (ZsRE)
+    # Position in every task list (tables, figures, comparisons, `prepare` without --config): the
+    # paper's order. Training tasks come by `order`, hold-out tasks after all of them; a task without
+    # one follows the ordered tasks of its group, alphabetically (order_tasks).
+    order: int | None = None
 
     def instruction(self, instruction_id: str) -> Instruction:
         for ins in self.instructions:
@@ -461,6 +466,43 @@ def run_model_config(cfg: RunConfig) -> ModelConfig:
 
 def list_registry(kind: str) -> list[str]:
     return sorted(q.stem for q in (CONFIG_DIR / kind).glob("*.yaml"))
+
+
+# ------------------------------------------------------------------------------- task lists
+def _registry_tasks() -> tuple[TaskConfig, ...]:
+    """Every task YAML, parsed once per content: keyed by path and modification time, so tables
+    that order tasks per cell do not reparse, and an edited or added YAML is read again."""
+    paths = sorted((CONFIG_DIR / "tasks").glob("*.yaml"))
+    return _load_tasks(tuple((str(p), p.stat().st_mtime_ns) for p in paths))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tasks(key: tuple[tuple[str, int], ...]) -> tuple[TaskConfig, ...]:
+    return tuple(load_task(Path(path).stem) for path, _ in key)
+
+
+def order_tasks(names, hold_out=None) -> list[str]:
+    """`names` (deduplicated) in table order: training tasks by their YAML `order`, then hold-out
+    tasks; within each group, tasks the registry does not know (or that have no `order`) after
+    the ordered ones, alphabetically. `hold_out` None = the YAML `hold_out` flags; else the
+    collection of tasks to put last (a run's data.hold_out)."""
+    known = {t.name: t for t in _registry_tasks()}
+
+    def key(name: str):
+        task = known.get(name)
+        held = (task is not None and task.hold_out) if hold_out is None else name in hold_out
+        rank = task.order if task is not None else None
+        return (held, rank is None, rank if rank is not None else 0, name)
+
+    return sorted(dict.fromkeys(names), key=key)
+
+
+def task_names(hold_out: bool | None = None) -> list[str]:
+    """The task registry in table order: every task (None), only the hold-out tasks (True, YAML
+    `hold_out: true`) or only the training tasks (False)."""
+    tasks = _registry_tasks()
+    names = [t.name for t in tasks if hold_out is None or t.hold_out == hold_out]
+    return order_tasks(names)
 
 
 def replace(obj: Any, **changes: Any) -> Any:

@@ -9,9 +9,9 @@ HELP = "read, validate, tag and split the editing corpora into parquet (Ray Data
 DESCRIPTION = (
     "Read the editing corpora, validate every record, tag it with an instruction, split it into "
     "train/val/test by a stable hash and write OUT/<task>/<split>.parquet with OUT/manifest.json. "
-    "Without --config every shared corpus is prepared (tasks counterfact, recent, convsent, "
-    "counterfact-mend and the held-out zsre) with --on-error skip, so the manifest accounts for every "
-    "record; with --config the run's data section applies (data.on_error defaults to raise)."
+    "Without --config every task of the registry (configs/tasks, the hold-out tasks included) is "
+    "prepared with --on-error skip, so the manifest accounts for every record; with --config the "
+    "run's data section applies (data.on_error defaults to raise)."
 )
 
 
@@ -32,16 +32,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import apply_overrides, load_run_config, parse_overrides
+    from ..config import apply_overrides, load_run_config, parse_overrides, task_names
     from ..data.corpora import CorpusNotFoundError
-    from ..data.pipeline import ALL_HOLD_OUT, ALL_TASKS
     from ..data.prepare import prepare
     from ..data.readers import DataError
 
     overrides: dict = {}
     on_error = args.on_error
     if not args.config:
-        overrides.update({"data.tasks": list(ALL_TASKS), "data.hold_out": list(ALL_HOLD_OUT)})
+        overrides.update({"data.tasks": task_names(hold_out=False), "data.hold_out": task_names(hold_out=True)})
         on_error = on_error or "skip"
     if args.instructions:
         overrides["data.instruction_setting"] = args.instructions

@@ -26,7 +26,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from ..config import ConfigError, DataConfig, RunConfig, TaskConfig, load_task
+from ..config import ConfigError, DataConfig, RunConfig, TaskConfig, load_task, task_names
 from .corpora import resolve_data_dir
 from .instruction_sets import resolve_pool
 from .instructions import check_setting, retag, tag
@@ -34,9 +34,15 @@ from .readers import DataError, other_topic_locality, read_source, stable_int, s
 from .record import ARROW_SCHEMA, EditRecord, table_to_records
 
 SPLITS = ("train", "val", "test")
-# `instructedit prepare` with no --config covers every shared corpus.
-ALL_TASKS = ("counterfact", "recent", "convsent", "counterfact-mend")
-ALL_HOLD_OUT = ("zsre",)
+
+
+def __getattr__(name: str):
+    """ALL_TASKS / ALL_HOLD_OUT: every training / hold-out task of the registry (what `instructedit
+    prepare` with no --config covers), in table order. Read when asked, not at import, so a bad task
+    YAML fails the command that needs the list with its one-line ConfigError."""
+    if name in ("ALL_TASKS", "ALL_HOLD_OUT"):
+        return tuple(task_names(hold_out=name == "ALL_HOLD_OUT"))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------ pure functions

@@ -29,6 +29,9 @@ from ..models import LoadedModel, cache_dir, get_module
 from .split import SplitModel
 
 FORMAT = "instructedit-key-stats/1"
+# The default text source of key statistics, not a task list of the registry (config.task_names):
+# the cache key of every stored statistic hashes these texts, so this stays fixed when a task is added
+# to (or reordered in) the registry; deriving it would silently invalidate every cached statistic.
 DEFAULT_TASKS = ("counterfact", "recent", "convsent", "zsre")
 
 

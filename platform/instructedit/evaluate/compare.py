@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import order_tasks
 from . import stats
 from .metrics import edit_success, format_estimate, order
 
@@ -129,7 +130,7 @@ def interval_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None
     """Markdown: one row per method, a column per task x metric, `mean [95% CI]`, every cell of a
     task over the cases all methods share (`common_cases`); that n per task in the header (seeds
     per row in the Method cell when more than one), and a note of the cases dropped."""
-    tasks = tasks or sorted(df["task"].unique(), key=lambda t: (t == "zsre", t))
+    tasks = tasks or order_tasks(df["task"].unique())
     methods = methods or methods_in_order(df)
     commons = {t: common_cases(df, t, methods) for t in tasks}
     cols, header = [], ["Method"]
@@ -152,7 +153,7 @@ def long_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = N
     """Markdown, one row per task x metric and a column per method (`mean [95% CI]`): readable
     when there are many metrics. Every cell of a task is over the cases all methods share
     (`common_cases`); n is their number, and a note says how many cases were dropped."""
-    tasks = tasks or sorted(df["task"].unique(), key=lambda t: (t == "zsre", t))
+    tasks = tasks or order_tasks(df["task"].unique())
     methods = methods or methods_in_order(df)
     heads = []
     for method in methods:
@@ -175,7 +176,7 @@ def long_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = N
 
 def difference_table(df: pd.DataFrame, a: str, b: str, metrics: list[str], tasks: list[str] | None = None) -> str:
     """Markdown: `a - b` per task and metric with the paired 95% interval and n."""
-    tasks = tasks or sorted(df["task"].unique(), key=lambda t: (t == "zsre", t))
+    tasks = tasks or order_tasks(df["task"].unique())
     lines = [f"| task | metric | {a} - {b} [95% paired CI] | n |", "|---|---|---:|---:|"]
     for t in tasks:
         for m in order(metrics):

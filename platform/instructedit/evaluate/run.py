@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import DataConfig, RunConfig, list_registry, load_task
+from ..config import DataConfig, RunConfig, task_names
 from ..editor import methods
 from . import compare, runner
 from .metrics import METRICS, format_estimate, order
@@ -79,8 +79,8 @@ class Logged:
 
 
 def hold_out_tasks() -> list[str]:
-    """Tasks whose YAML says `hold_out: true`: never trained on, evaluated by default."""
-    return [t for t in list_registry("tasks") if load_task(t).hold_out]
+    """Tasks whose YAML says `hold_out: true` (table order): never trained on, evaluated by default."""
+    return task_names(hold_out=True)
 
 
 def default_tasks(trained_on: list[str] | None = None) -> list[str]:

@@ -97,3 +97,14 @@ def test_a_metric_the_task_lacks_is_no_row_and_no_warning(recwarn):
         text = compare.difference_table(df, "InstructEdit", "Pre-edit", ["reliability", "generalization"])
     assert "| counterfact | generalization |" not in text and "| zsre | generalization |" in text
     assert "| counterfact | reliability |" in text
+
+
+def test_tasks_follow_the_task_registry_order(tmp_path):
+    # Registry order (task YAML `order`), hold-out last; not alphabetical (convsent < counterfact).
+    for task in ("zsre", "convsent", "counterfact", "zzz-custom"):
+        _write(tmp_path, f"a-{task}", "Pre-edit", 0, [0.0, 1.0], task=task)
+    df = compare.read_cases(tmp_path)
+    rows = [line.split(" | ")[0].lstrip("| ") for line in compare.long_table(df, ["reliability"]).splitlines()[2:]]
+    assert rows == ["counterfact", "convsent", "zzz-custom", "zsre"]
+    header = compare.interval_table(df, ["reliability"]).splitlines()[0]
+    assert header.index("counterfact reliability") < header.index("convsent reliability") < header.index("zsre")
