@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 from instructedit.evaluate.metrics import DEFAULT_SCALE, scale_of
+from instructedit.evaluate.metrics import METRICS as REGISTRY
 from matplotlib.figure import Figure
 
 from .pca import centroid_accuracy, pca
@@ -27,13 +28,21 @@ from .tables import (
     _cell_rows,
     _eval_rows,
     cell_interval,
+    hold_out_tasks,
     order_tasks,
     prefer,
 )
 
 PRIMARY = ("reliability", "es")  # the edit-success metric of each kind of task
-# Per-task bars: the plain-probe headline metrics (es for ConvSent, reliability for the others).
+# Per-task bars: a figure's choice among the registry's metrics, the teacher-forced plain-probe
+# shares (es for ConvSent, reliability for the others) drawn on one 0-100 axis. Not dd (a KL, its own
+# scale), not the instructed variants (instructed_vs_plain) nor the _gen ones (a table column). The
+# registry is the judge of the names: each must be a headline table metric shown x100 (checked below).
 BAR_METRICS = ("reliability", "es", "generalization", "locality", "portability")
+_unfit = [m for m in BAR_METRICS if m not in REGISTRY or not REGISTRY[m].headline or not REGISTRY[m].in_tables
+          or REGISTRY[m].scale != DEFAULT_SCALE]
+if _unfit:
+    raise ValueError(f"analysis/figures.py BAR_METRICS: {_unfit} not headline x100 table metrics of the registry")
 NO_CI_HATCH = "//"
 
 
@@ -152,12 +161,13 @@ def task_bars(tidy: pd.DataFrame, split: str = "test") -> Figure | None:
     fig = Figure(figsize=(6.4 * ncols, 3.6 * nrows + 0.6))
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
     colors = dict(zip(methods, _colors(len(methods))))
+    held = hold_out_tasks()
     for ax, task in zip(axes, tasks):
         d = data[data["task"] == task].assign(group=lambda f: f["method"])
         metrics = [m for m in BAR_METRICS if (d["metric"] == m).any()]
         present = [m for m in methods if (d["method"] == m).any()]
         _bars_with_ci(ax, d, present, metrics, "metric", [colors[m] for m in present])
-        hold = " (hold-out)" if task in ("zsre",) else ""
+        hold = " (hold-out)" if task in held else ""
         ax.set_title(f"{task}{hold}: {_n_label(d['n'])} per method", fontsize=10)
         ax.set_ylabel("x100")
         ax.set_ylim(0, 105)

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import pandas as pd
 from instructedit import tracking
+from instructedit.evaluate.metrics import METRICS, base_name
+from instructedit.evaluate.metrics import higher_is_better as registered
 
-# The roots of evaluation metric names. A key whose second part is one of these is an average over
-# tasks (`val/reliability`, `val/portability/reasoning`), not a task named "reliability".
-METRIC_ROOTS = frozenset(
-    {"reliability", "generalization", "locality", "portability", "es", "dd", "edit_success"}
-)
+# The roots of evaluation metric names (the metric registry's names up to their first slash:
+# `portability` for `portability/reasoning`; `edit_success` is registered too). A key whose second
+# part is one of these is an average over tasks (`val/reliability`, `val/portability/reasoning`),
+# not a task named "reliability".
+METRIC_ROOTS = frozenset(name.split("/")[0] for name in METRICS)
 # First parts of keys that are never `<split>/<task>/<metric>`.
 NON_SPLIT_PREFIXES = frozenset({"loss", "lr", "train", "system", "time", "perf", "throughput"})
-LOWER_IS_BETTER = frozenset({"dd"})
+# Roots of the registry's lower-is-better metrics (dd): the direction of a breakdown the registry does
+# not list (`dd/<kind>`).
+LOWER_IS_BETTER = frozenset(name.split("/")[0] for name, m in METRICS.items() if not m.higher_is_better)
 
 RUN_COLUMNS = [
     "run_id", "run_name", "experiment_id", "status", "start_time", "parent_run_id",
@@ -52,9 +56,6 @@ def parse_metric_key(key: str) -> tuple[str, str, str]:
 
 def higher_is_better(metric: str) -> bool:
     """Direction from the metric registry (`dd` and its kin lower-is-better)."""
-    from instructedit.evaluate.metrics import METRICS, base_name
-    from instructedit.evaluate.metrics import higher_is_better as registered
-
     if base_name(metric) in METRICS:
         return registered(metric)
     return metric.split("/")[0] not in LOWER_IS_BETTER

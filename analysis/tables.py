@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from instructedit import config
 from instructedit.editor import methods as registry
+from instructedit.evaluate import metrics as metric_registry
 from instructedit.evaluate.metrics import format_value
 
 from .runs import higher_is_better, split_tasks
@@ -25,19 +27,21 @@ BASELINES = tuple(m.display for m in registry.METHODS if m.reference)  # shown, 
 SINGLE_TASK = tuple(m.display for m in registry.METHODS if m.single_task)  # one editor per task
 SINGLE_TASK_MODES = tuple(m.name for m in registry.METHODS if m.single_task)
 INSTRUCTED_MODES = tuple(m.name for m in registry.METHODS if m.instructed)  # trained with instructions
-PLAIN_METRICS = ("reliability", "generalization", "locality", "portability", "es", "dd")
-# Plain probes first, then the same questions with the task instruction (every method has both).
-METRICS = PLAIN_METRICS + ("reliability_instructed", "generalization_instructed", "portability_instructed",
-                           "es_instructed")
-TASK_ORDER = ("counterfact", "recent", "convsent", "zsre")
-HOLD_OUT = ("zsre",)
+# Table columns: the metric registry's table metrics (`in_tables`) in its order, plain probes
+# (headline) first, then the same questions with the task instruction (every method has both).
+METRICS = tuple(metric_registry.order(m for m, spec in metric_registry.METRICS.items() if spec.in_tables))
+PLAIN_METRICS = tuple(m for m in METRICS if metric_registry.METRICS[m].headline)
 
 
-def order_tasks(tasks, hold_out=HOLD_OUT) -> list[str]:
-    """Known tasks in the paper's order, others alphabetically, hold-out tasks last."""
-    tasks = list(dict.fromkeys(tasks))
-    rank = {t: i for i, t in enumerate(TASK_ORDER)}
-    return sorted(tasks, key=lambda t: (t in hold_out, rank.get(t, len(rank)), t))
+def hold_out_tasks() -> tuple[str, ...]:
+    """The task registry's hold-out tasks (YAML `hold_out: true`): the default of every table."""
+    return tuple(config.task_names(hold_out=True))
+
+
+def order_tasks(tasks, hold_out=None) -> list[str]:
+    """Registry tasks in its order (task YAML `order`), others alphabetically after them, hold-out
+    tasks last (`hold_out`: those tasks; None = the registry's)."""
+    return config.order_tasks(tasks, hold_out)
 
 
 def order_metrics(metrics, preferred=METRICS) -> list[str]:
@@ -53,7 +57,7 @@ class Table:
     values: pd.DataFrame
     row_label: str = "Method"
     baselines: tuple[str, ...] = BASELINES
-    hold_out: tuple[str, ...] = HOLD_OUT
+    hold_out: tuple[str, ...] = field(default_factory=hold_out_tasks)
     note: str = ""
     run_ids: dict = field(default_factory=dict)  # (row, task, metric) -> [run ids] behind the cell
     # (row, task, metric) -> {"ci_low", "ci_high", "n"} (NaN where not logged)
@@ -249,12 +253,13 @@ def _columns(rows: pd.DataFrame, tasks, metrics, hold_out):
 
 
 def table3(tidy: pd.DataFrame, split: str = "test", tasks=None, metrics=METRICS, methods=METHODS,
-           hold_out=HOLD_OUT) -> Table:
+           hold_out=None) -> Table:
     """Multi-task setting + hold-out task: rows = methods (the `method` tag), columns = task x metric.
 
     A cell averages the runs of that method reporting `<split>/<task>/<metric>` (see _cell_rows). For
     MEND (single-task) a cell prefers the editor trained on that very task.
     """
+    hold_out = hold_out_tasks() if hold_out is None else tuple(hold_out)
     rows = _eval_rows(tidy, split)
     rows = rows[rows["method"].isin(methods)]
     tasks, metrics_by_task = _columns(rows, tasks, metrics, hold_out)
@@ -280,8 +285,9 @@ def table3(tidy: pd.DataFrame, split: str = "test", tasks=None, metrics=METRICS,
 
 def table1(tidy: pd.DataFrame, split: str = "test", tasks=None,
            metrics=("reliability", "generalization", "es", "reliability_instructed", "es_instructed"),
-           hold_out=HOLD_OUT) -> Table:
+           hold_out=None) -> Table:
     """Single-task editors (rows: the task each was trained on) applied to every task (columns)."""
+    hold_out = hold_out_tasks() if hold_out is None else tuple(hold_out)
     rows = _eval_rows(tidy, split)
     rows = rows[rows["mode"].isin(SINGLE_TASK_MODES) & (rows["n_train_tasks"] == 1)]
     tasks, metrics_by_task = _columns(rows, tasks, metrics, hold_out)

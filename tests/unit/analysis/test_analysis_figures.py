@@ -97,3 +97,10 @@ def test_gradient_pca_figure(tmp_path):
     fig = figures.gradient_pca(groups, n_components=6)
     assert _png_ok(figures.save(fig, tmp_path / "pca.png"))
     assert len(fig.axes) == 4
+
+
+def test_bar_metrics_are_headline_percent_metrics_of_the_registry():
+    from instructedit.evaluate.metrics import DEFAULT_SCALE, METRICS
+
+    for m in figures.BAR_METRICS:
+        assert METRICS[m].headline and METRICS[m].in_tables and METRICS[m].scale == DEFAULT_SCALE

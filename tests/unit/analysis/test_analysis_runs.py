@@ -103,3 +103,16 @@ def test_report_runs_excluded_and_unknown_experiment_is_empty(store):
     assert run_index(exp, uri)["kind"].isin(["report"]).sum() == 0
     empty = load_runs("no-such-experiment", tracking_uri=uri)
     assert empty.empty and list(empty.columns[: len(TIDY_COLUMNS)]) == TIDY_COLUMNS
+
+
+def test_metric_roots_and_direction_come_from_the_registry():
+    from instructedit.evaluate.metrics import METRICS
+
+    from analysis.runs import LOWER_IS_BETTER, METRIC_ROOTS
+
+    assert {"reliability", "portability", "es", "dd", "edit_success", "reliability_instructed"} <= METRIC_ROOTS
+    assert all(m.split("/")[0] in METRIC_ROOTS for m in METRICS)
+    assert LOWER_IS_BETTER == {"dd"}
+    # an instructed average is an average, not a task named "reliability_instructed"
+    assert parse_metric_key("val/reliability_instructed") == ("val", "avg", "reliability_instructed")
+    assert not higher_is_better("dd/other_topics")  # a breakdown the registry does not list

@@ -85,3 +85,20 @@ def test_reduced_tidy_frame_gives_the_same_table(tidy):
             "metric", "value"]
     assert table3(tidy[cols]).values.equals(table3(tidy).values)
     assert table1(tidy[cols]).values.equals(table1(tidy).values)
+
+
+def test_table_metrics_and_hold_out_come_from_the_registries():
+    from instructedit.config import task_names
+    from instructedit.evaluate.metrics import METRICS, order
+
+    from analysis import tables
+
+    # every table metric of the metric registry, in its order: plain (headline) first, instructed after
+    assert tables.METRICS == tuple(order(m for m in METRICS if METRICS[m].in_tables))
+    assert {"reliability", "es", "dd", "reliability_instructed"} <= set(tables.METRICS)
+    assert "portability/reasoning" not in tables.METRICS and "edit_success" not in tables.METRICS
+    first_instructed = min(i for i, m in enumerate(tables.METRICS) if not METRICS[m].headline)
+    assert tables.PLAIN_METRICS == tables.METRICS[:first_instructed]
+    assert tables.Table("x", pd.DataFrame()).hold_out == tuple(task_names(hold_out=True)) == ("zsre",)
+    assert tables.order_tasks(["zsre", "other", "convsent", "counterfact-mend", "recent", "counterfact"]) == [
+        "counterfact", "recent", "convsent", "counterfact-mend", "other", "zsre"]
