@@ -23,12 +23,13 @@ def test_task_yaml_contract(name, shared_data):
     for s in t.sources:
         assert s.reader in READERS and s.role in ("all", "train", "val", "test")
         assert (shared_data / s.path).exists(), s.path
-    if t.loss == "unlikelihood":
+    if any(s.reader == "convsent" for s in t.sources):  # sentiment records: the two slots are filled per record
         assert all("[LABEL]" in i.text and "[TOPIC]" in i.text for i in t.instructions)
+    assert isinstance(t.order, int)  # every shipped task has its place in task lists and tables
 
 
 def test_specific_task_settings():
-    assert load_task("convsent").balance_to == 1427 and load_task("convsent").loss == "unlikelihood"
-    assert set(load_task("convsent").metrics) == {"es", "dd"}
+    # (no loss or metric list in a task YAML: the loss follows each record's data, the metrics its probes)
+    assert load_task("convsent").balance_to == 1427
     assert load_task("zsre").hold_out and not load_task("counterfact").hold_out
     assert [s.role for s in load_task("counterfact-mend").sources] == ["train", "val", "test"]
