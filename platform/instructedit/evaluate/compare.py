@@ -133,15 +133,14 @@ def interval_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None
     tasks = tasks or order_tasks(df["task"].unique())
     methods = methods or methods_in_order(df)
     commons = {t: common_cases(df, t, methods) for t in tasks}
-    cols, header = [], ["Method"]
-    for t in tasks:
-        for m in order(metrics):
-            if m in df and df[df["task"] == t][m].notna().any():
-                cols.append((t, m))
-                header.append(f"{t} {m} (n={len(commons[t].case_ids)})")
+    cols = [(t, m) for t in tasks for m in order(metrics) if m in df and df[df["task"] == t][m].notna().any()]
+    grid = {method: [cell(df, method, t, m, commons[t].case_ids) for t, m in cols] for method in methods}
+    # n of a column: the shared cases that have the metric's probe (the same for every method)
+    ns = [max((grid[method][i].est.n for method in methods if grid[method][i]), default=0) for i in range(len(cols))]
+    header = ["Method"] + [f"{t} {m} (n={n})" for (t, m), n in zip(cols, ns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(cols)) + "|"]
     for method in methods:
-        cells = [cell(df, method, t, m, commons[t].case_ids) for t, m in cols]
+        cells = grid[method]
         seeds = max((c.seeds for c in cells if c is not None), default=1)
         name = method + (f" ({seeds} seeds)" if seeds > 1 else "")
         lines.append("| " + " | ".join([name] + [fmt(c.est, m) if c else "–" for c, (_, m) in zip(cells, cols)]) + " |")
@@ -152,7 +151,8 @@ def long_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = N
                methods: list[str] | None = None) -> str:
     """Markdown, one row per task x metric and a column per method (`mean [95% CI]`): readable
     when there are many metrics. Every cell of a task is over the cases all methods share
-    (`common_cases`); n is their number, and a note says how many cases were dropped."""
+    (`common_cases`); n is how many of them have the metric, and a note says how many cases were
+    dropped."""
     tasks = tasks or order_tasks(df["task"].unique())
     methods = methods or methods_in_order(df)
     heads = []
@@ -169,8 +169,9 @@ def long_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = N
             cells = [cell(df, method, t, m, common.case_ids) for method in methods]
             if any(cells):
                 shown[t] = common
-                lines.append(f"| {t} | {m} | {len(common.case_ids)} | "
-                             + " | ".join(fmt(c.est, m) if c else "–" for c in cells) + " |")
+                # n of the metric: the shared cases that have its probe (portability: not every record)
+                n = max(c.est.n for c in cells if c)
+                lines.append(f"| {t} | {m} | {n} | " + " | ".join(fmt(c.est, m) if c else "–" for c in cells) + " |")
     return "\n".join(lines) + _dropped_note(shown)
 
 

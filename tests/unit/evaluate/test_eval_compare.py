@@ -108,3 +108,17 @@ def test_tasks_follow_the_task_registry_order(tmp_path):
     assert rows == ["counterfact", "convsent", "zzz-custom", "zsre"]
     header = compare.interval_table(df, ["reliability"]).splitlines()[0]
     assert header.index("counterfact reliability") < header.index("convsent reliability") < header.index("zsre")
+
+
+def test_n_is_per_metric_when_a_probe_exists_for_some_records_only():
+    """Portability exists for 2 of 4 recent records: its row says n=2, reliability's n=4."""
+    import pandas as pd
+    from instructedit.evaluate import compare
+
+    rows = [{"method": m, "seed": "", "task": "recent", "case_id": f"r{i}", "reliability": 1.0,
+             "portability": 1.0 if i < 2 else float("nan")} for m in ("InstructEdit", "Pre-edit") for i in range(4)]
+    df = pd.DataFrame(rows)
+    text = compare.long_table(df, ["reliability", "portability"])
+    assert "| recent | reliability | 4 |" in text and "| recent | portability | 2 |" in text
+    wide = compare.interval_table(df, ["reliability", "portability"])
+    assert "recent reliability (n=4)" in wide and "recent portability (n=2)" in wide
