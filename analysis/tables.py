@@ -29,7 +29,7 @@ SINGLE_TASK_MODES = tuple(m.name for m in registry.METHODS if m.single_task)
 INSTRUCTED_MODES = tuple(m.name for m in registry.METHODS if m.instructed)  # trained with instructions
 # Table columns: the metric registry's table metrics (`in_tables`) in its order, plain probes
 # (headline) first, then the same questions with the task instruction (every method has both).
-METRICS = tuple(metric_registry.order(m for m, spec in metric_registry.METRICS.items() if spec.in_tables))
+METRICS = metric_registry.TABLE_METRICS
 PLAIN_METRICS = tuple(m for m in METRICS if metric_registry.METRICS[m].headline)
 
 

@@ -40,7 +40,7 @@ from .config import ConfigError, TaskConfig, load_task, to_dict
 from .data.batches import edit_batch, encode_pairs
 from .data.instructions import request_instruction, with_instruction
 from .data.record import EditRecord, Sentiment
-from .editor import losses, methods
+from .editor import methods
 from .editor.checkpoint import CheckpointError, CheckpointNotFound, Resolved, resolve
 from .editor.editable import AppliedEdits, EditableModel, Edits, edits_digest
 from .editor.mend import CheckpointMismatch
@@ -498,12 +498,6 @@ class BoundEditor:
         return with_instruction(record, tmpl_task, ins_id, raw), note
 
     # ------------------------------------------------------------------------- measuring
-    def _answer_nll(self, batch, hidden: torch.Tensor) -> torch.Tensor:
-        """Per edit, the unedited model's mean NLL of the target on the edit input."""
-        logits = self.editable.answer_logits(batch, hidden)
-        rows = losses.answer_rows(batch.answer_mask)
-        return losses.nll(logits, batch.answer_ids[batch.answer_mask], rows, len(batch))
-
     @torch.no_grad()
     def target_probs(self, prompts: list[str], targets: list[str]) -> list[list[float]]:
         """Per answer token, P(target token | prompt + earlier target tokens), on the live model."""
@@ -606,7 +600,7 @@ class BoundEditor:
         batch = edit_batch(records, self.tokenizer, self.max_length, instructed=self.method.trained).to(self.device)
         with torch.no_grad():
             hidden = self.editable.lower(batch)
-            for info, loss in zip(infos, self._answer_nll(batch, hidden).tolist()):
+            for info, loss in zip(infos, self.editable.answer_nll(batch, hidden).tolist()):  # pre-edit loss
                 info.pre_loss = float(loss)
         with torch.enable_grad():  # locate-then-edit methods optimise; MEND's transform needs no graph
             edits = self.make_edits(batch, hidden)
@@ -706,7 +700,6 @@ def load_method(name: str, model: LoadedModel | str, *, hparams: Any = None, dev
     if method.trained:
         raise ValueError(f"method {name} is trained: load its checkpoint with load_editor(path_or_run)")
     loaded = build_model(model, device=device) if isinstance(model, str) else model
-    if hparams is None or isinstance(hparams, dict):
-        hparams = method.load_hparams(loaded.config.name, hparams)
+    hparams = method.hparams_for(loaded.config.name, hparams)  # kept: the card and manifest name them
     editable, make = method.load(loaded, hparams=hparams, device=device)
     return BoundEditor(editable, make, method, hparams=hparams, max_length=max_length)

@@ -13,6 +13,7 @@ failed to load), said in one line naming the file and what is wrong; 1 a run tha
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 
@@ -59,6 +60,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+@functools.lru_cache(maxsize=1)  # every command's lookup and the --help listing read it: scan once
 def _plugins() -> dict:
     """{command name: entry point} of the installed plugins (one per name: an editable install can
     show the same distribution twice)."""

@@ -265,7 +265,7 @@ def selection_error(metric: str, tasks: tuple[str, ...] | list[str] = (),
     if parts[0] != "val":
         return f"{metric!r} is not a validation metric; {SELECT_HINT}"
     name = parts[1]
-    if name in hold_out or (name in list_registry("tasks") and load_task(name).hold_out):
+    if name in hold_out or name in task_names(hold_out=True):
         return f"{metric!r} selects on the hold-out task {name!r}; {SELECT_HINT}"
     if len(parts) >= 3:
         if name == "avg":

@@ -86,15 +86,19 @@ class EditableModel:
             final = self.split.upper(h, batch.attention_mask)
         return self.split.logits(final, batch.answer_mask)
 
+    def answer_nll(self, batch: TokenBatch, hidden: torch.Tensor | None = None,
+                   edits: Edits | None = None) -> torch.Tensor:
+        """Per row of `batch`, the mean NLL of its answer tokens (with edits applied if given)."""
+        logits = self.answer_logits(batch, hidden, edits)
+        return losses.nll(logits, batch.answer_ids[batch.answer_mask], losses.answer_rows(batch.answer_mask),
+                          len(batch))
+
     def edit_gradients(self, batch: TokenBatch, hidden: torch.Tensor | None = None
                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         """Per-token layer inputs u and output gradients d of the edit loss (row r = edit r)."""
         h = self.lower(batch) if hidden is None else hidden
         with torch.enable_grad(), capture(self.layers) as cap:
-            final = self.split.upper(h, batch.attention_mask)
-            logits = self.split.logits(final, batch.answer_mask)
-            rows = losses.answer_rows(batch.answer_mask)
-            per_row = losses.nll(logits, batch.answer_ids[batch.answer_mask], rows, len(batch))
+            per_row = self.answer_nll(batch, h)
             # Sum over rows: each row's gradient is the gradient of its own mean loss.
             grads = torch.autograd.grad(per_row.sum(), [cap.delta[n] for n in self.names])
         d = {n: g.detach() for n, g in zip(self.names, grads)}

@@ -68,6 +68,11 @@ class Method:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
+    def hparams_for(self, model: str, hparams: Any = None) -> Any:
+        """The typed hyperparameters to build with: `hparams` if already typed, else the YAML's
+        for `model` with `hparams` (a dict of overrides, or None) over them."""
+        return self.load_hparams(model, hparams) if hparams is None or isinstance(hparams, dict) else hparams
+
     def load(self, model=None, *, hparams: Any = None, checkpoint=None, device: str = "cpu"):
         """-> (editable, make_edits). Untrained: `model` (a registry name or a LoadedModel) and
         `hparams` (typed, a dict of overrides, or None for the YAML's). Trained: `checkpoint`
@@ -80,9 +85,7 @@ class Method:
         from ..models import LoadedModel, build_model
 
         loaded = model if isinstance(model, LoadedModel) else build_model(model, device=device)
-        if hparams is None or isinstance(hparams, dict):
-            hparams = self.load_hparams(loaded.config.name, hparams)
-        return fn(loaded, hparams)
+        return fn(loaded, self.hparams_for(loaded.config.name, hparams))
 
 
 def _resolve(dotted: str):

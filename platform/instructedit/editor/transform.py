@@ -67,16 +67,16 @@ class RunningNorm(nn.Module):
         for part in gathered:
             self.merge(mode, part)
 
+    def var(self, mode: int) -> torch.Tensor:
+        return self.m2[mode] / (self.count[mode] - 1)
+
     def std(self, mode: int) -> torch.Tensor:
-        return (self.m2[mode] / (self.count[mode] - 1)).sqrt()
+        return self.var(mode).sqrt()
 
     def forward(self, mode: int, x: torch.Tensor) -> torch.Tensor:
         if self.count[mode] < 2:
             return x
-        if self.eps_on == "std":
-            scale = self.std(mode) + self.eps
-        else:
-            scale = (self.m2[mode] / (self.count[mode] - 1) + self.eps).sqrt()
+        scale = self.std(mode) + self.eps if self.eps_on == "std" else (self.var(mode) + self.eps).sqrt()
         return (x - self.mean[mode].to(x.dtype)) / scale.to(x.dtype)
 
 

@@ -103,7 +103,7 @@ def paired_difference(df: pd.DataFrame, a: str, b: str, task: str, metric: str) 
     sa, sb = (df[(df["method"] == x) & (df["task"] == task)] for x in (a, b))
     if metric not in df or sa.empty or sb.empty:
         return None
-    common = sorted(set(sa["case_id"]) & set(sb["case_id"]))
+    common = common_cases(df, task, [a, b]).case_ids
     if not common:
         return None
     ma, _ = _matrix(sa, metric, common)

@@ -109,6 +109,10 @@ def order(names) -> list[str]:
                                                         rank.get(n, len(rank)), n))
 
 
+# The columns of every comparison table (evaluate --compare-table, analysis' Table 3): the metrics
+# the registry shows in tables, plain probes first, then instructed and generation-based.
+TABLE_METRICS = tuple(order(name for name, m in METRICS.items() if m.in_tables))
+
 DEFAULT_SCALE = 100.0  # a metric the registry does not know is shown as a share
 MISSING = "–"  # a cell without a value
 

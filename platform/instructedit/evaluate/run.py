@@ -19,7 +19,7 @@ from pathlib import Path
 from ..config import DataConfig, RunConfig, task_names
 from ..editor import methods
 from . import compare, runner
-from .metrics import METRICS, format_estimate, order
+from .metrics import TABLE_METRICS, format_estimate, order
 
 
 @dataclass(frozen=True)
@@ -246,8 +246,6 @@ def log_sequential(p: EvalPlan, rows: list[dict], path: Path) -> Logged | None:
 
 
 # ---------------------------------------------------------------------------- comparison table
-# Its columns: every metric the registry shows in tables (plain, instructed, generation-based).
-COMPARE_METRICS = [m for m in METRICS if METRICS[m].in_tables]
 # Paired differences printed under it when both methods are there: the instruction-trained editor
 # against the same editor trained without instructions, and against the unedited model.
 COMPARE_PAIRS = tuple((methods.get(a).display, methods.get(b).display)
@@ -270,11 +268,11 @@ def compare_folder(src: str | Path) -> tuple[str, Path]:
         raise NotAnEvalFolder(f"--compare-table reads evaluation folders; {src} is not one (for an MLflow "
                               f"experiment's Table 3: instructedit report --experiment {src})")
     df = compare.read_cases(src)
-    text = "## Methods (mean [95% bootstrap CI], x100 except dd)\n\n" + compare.long_table(df, COMPARE_METRICS)
+    text = "## Methods (mean [95% bootstrap CI], x100 except dd)\n\n" + compare.long_table(df, list(TABLE_METRICS))
     present = set(df["method"])
     for a, b in COMPARE_PAIRS:
         if {a, b} <= present:
-            text += f"\n\n## {a} - {b}, paired\n\n" + compare.difference_table(df, a, b, COMPARE_METRICS)
+            text += f"\n\n## {a} - {b}, paired\n\n" + compare.difference_table(df, a, b, list(TABLE_METRICS))
     path = src / "table.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text + "\n")

@@ -187,11 +187,13 @@ def train_editor(
     if not val_records:
         raise ValueError("no validation records: training never validates on training data")
 
-    if resume and "editor_fields" not in resume and editor is None:
-        say("[train] resuming a state written before editor.norm_eps/norm_eps_on/token_select/loc_positions "
-            f"existed: continuing with their legacy values {LEGACY_EDITOR_FIELDS}")
-    cfg = resume_config(cfg, resume) if editor is None else cfg
-    editor = editor or build_editor(cfg, loaded, str(device))
+    if editor is None:
+        legacy = resume_config(cfg, resume)
+        if legacy is not cfg:
+            say("[train] resuming a state written before editor.norm_eps/norm_eps_on/token_select/loc_positions "
+                f"existed: continuing with their legacy values {LEGACY_EDITOR_FIELDS}")
+        cfg = legacy
+        editor = build_editor(cfg, loaded, str(device))
     if tc.hidden_cache_mb > 0:
         editor.split.enable_cache(tc.hidden_cache_mb)
     editor.train()
