@@ -375,22 +375,24 @@ def _method(cfg: RunConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------- results
-def _tune_status(grid) -> dict[str, str]:
-    """trial id -> Tune's status (TERMINATED, ERROR, PENDING, RUNNING, PAUSED). ResultGrid has no
-    public accessor; without it the status is inferred from the metrics alone."""
+def _tune_trials(grid) -> dict[str, Any]:
+    """trial id -> Tune's Trial (its status: TERMINATED, ERROR, PENDING, RUNNING, PAUSED; its config).
+    ResultGrid has no public accessor; without it the status is inferred from the metrics alone."""
     analysis = getattr(grid, "_experiment_analysis", None)
-    return {t.trial_id: t.status for t in getattr(analysis, "trials", None) or []}
+    return {t.trial_id: t for t in getattr(analysis, "trials", None) or []}
 
 
 def collect(grid, spec: StudySpec) -> list[TrialRow]:
     """ResultGrid -> one TrialRow per trial (status, searched values, final metrics, ids)."""
-    statuses = _tune_status(grid)
+    trials = _tune_trials(grid)
     rows = []
     for res in grid:
         m = dict(res.metrics or {})
-        cfg = dict(res.config or {})
         trial_id = str(m.get("trial_id") or Path(res.path).name.removeprefix("trial_"))
-        tune_status = statuses.get(trial_id, "")
+        trial = trials.get(trial_id)
+        tune_status = getattr(trial, "status", "")
+        # A trial that failed before a restore comes back with an empty result config: its Trial has it.
+        cfg = dict(res.config or getattr(trial, "config", None) or {})
         if res.error is not None or tune_status == "ERROR":
             status = "failed"
         elif FINAL in m:
