@@ -69,11 +69,8 @@ def test_the_check_pulls_in_neither_ray_nor_mlflow(tmp_path):
     assert proc.returncode == 0 and json.loads(out.read_text())["errors"] == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a bf16 base model with the fp32 MEND editor fails (mend.transform: masked_scatter of fp32 "
-    "transform outputs into bf16 zeros under autocast; fp32 Linear on bf16 u/d without it), the "
-    "dtype setup of training and evaluation on CUDA (llama-2-7b is bfloat16): remove this mark "
-    "once the editor handles it"))
 def test_bf16_base_model_runs_on_cpu(tmp_path):
+    """llama-2-7b is bfloat16: the fp32 editor must train (under autocast, as trainer.py runs it)
+    and evaluate on a bf16 base model."""
     rc, r = _run(tmp_path, "--dtype", "bfloat16", "--autocast")
     assert rc == 0 and r["errors"] == {}, r["errors"]

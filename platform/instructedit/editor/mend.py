@@ -70,13 +70,16 @@ class MendEditor(EditableModel, nn.Module):
                   token_mask: torch.Tensor) -> Edits:
         """(u, d) per token -> the low-rank factors of every edit; unselected tokens get zero factors."""
         edits: Edits = {}
+        # The editor keeps its own dtype (fp32) whatever the base model's: a bf16 model's (u, d)
+        # are transformed in fp32, and the factors go back in the model's dtype.
+        dtype = self.edit_lrs.dtype
         for i, n in enumerate(self.names):
             sel = self.selected_tokens(u[n], d[n], token_mask)
             g = self.transforms[self.shape_key[n]]
-            u_t, d_t = g(u[n][sel], d[n][sel], self.mode[n])
-            U = u[n].new_zeros(u[n].shape).masked_scatter(sel[..., None], u_t)
-            D = d[n].new_zeros(d[n].shape).masked_scatter(sel[..., None], d_t)
-            edits[n] = LowRankEdit(U=U, D=-self.edit_lrs[i] * D)
+            u_t, d_t = g(u[n][sel].to(dtype), d[n][sel].to(dtype), self.mode[n])
+            U = u[n].new_zeros(u[n].shape).masked_scatter(sel[..., None], u_t.to(u[n].dtype))
+            D = d[n].new_zeros(d[n].shape).masked_scatter(sel[..., None], d_t.to(d[n].dtype))
+            edits[n] = LowRankEdit(U=U, D=(-self.edit_lrs[i] * D).to(D.dtype))
         return edits
 
     def selected_tokens(self, u: torch.Tensor, d: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
