@@ -17,6 +17,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
 from ..config import EditorConfig
 from ..data.batches import TokenBatch, edit_batch, encode_pairs, probe_batch
@@ -90,45 +91,56 @@ def loc_positions(batch: TokenBatch, which: str) -> TokenBatch:
 
 def training_step(editor: MendEditor, batch: StepBatch, cfg: EditorConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """Forward of one step; returns the loss (backward is the caller's) and scalar metrics."""
+    # record_function labels name the phases for benchmarks/train_step.py's profile (free otherwise).
     B = len(batch.edit)
-    h_edit = editor.lower(batch.edit)
-    edits, info = editor.edit(batch.edit, h_edit)
+    with record_function("step/lower:edit"):
+        h_edit = editor.lower(batch.edit)
+    with record_function("step/edit:grad+transform"):
+        edits, info = editor.edit(batch.edit, h_edit)
 
     # Edit loss, NLL tasks: target tokens on the edit input after the edit.
-    post = editor.answer_logits(batch.edit, h_edit, edits)
-    rows = losses.answer_rows(batch.edit.answer_mask)
-    ids = batch.edit.answer_ids[batch.edit.answer_mask]
-    nll = losses.nll(post, ids, rows, B)
-    acc = losses.token_accuracy(post.detach(), ids, rows, B)
-    success = (acc == 1.0).float()
+    with record_function("step/edit_loss"):
+        post = editor.answer_logits(batch.edit, h_edit, edits)
+        rows = losses.answer_rows(batch.edit.answer_mask)
+        ids = batch.edit.answer_ids[batch.edit.answer_mask]
+        nll = losses.nll(post, ids, rows, B)
+        acc = losses.token_accuracy(post.detach(), ids, rows, B)
+        success = (acc == 1.0).float()
     extra: dict[str, float] = {}
     if batch.outer is not None:
         # The same edit must hold on the plain prompt and a rephrase: each edit's loss is the mean
         # over its edit-input row and its outer rows.
         o = batch.outer
-        post_o = editor.answer_logits(o, editor.lower(o), edits)
-        orows = losses.answer_rows(o.answer_mask)
-        oids = o.answer_ids[o.answer_mask]
-        nll_o = losses.nll(post_o, oids, orows, len(o))
-        nll = losses.per_row_mean(torch.cat([nll, nll_o]), torch.cat([torch.arange(B, device=nll.device), o.row_edit]), B)
-        o_ok = (losses.token_accuracy(post_o.detach(), oids, orows, len(o)) == 1.0).float()
+        with record_function("step/lower:outer"):
+            h_o = editor.lower(o)
+        with record_function("step/outer_loss"):
+            post_o = editor.answer_logits(o, h_o, edits)
+            orows = losses.answer_rows(o.answer_mask)
+            oids = o.answer_ids[o.answer_mask]
+            nll_o = losses.nll(post_o, oids, orows, len(o))
+            nll = losses.per_row_mean(torch.cat([nll, nll_o]), torch.cat([torch.arange(B, device=nll.device), o.row_edit]), B)
+            o_ok = (losses.token_accuracy(post_o.detach(), oids, orows, len(o)) == 1.0).float()
         extra = {"loss/edit_outer": float(nll_o.detach().mean()), "train/outer_success": float(o_ok.mean())}
     edit_loss = nll
     if batch.sentiment is not None:
-        h_s = editor.lower(batch.sentiment)
-        ul, s_ok = losses.sentiment_scores(editor.answer_logits(batch.sentiment, h_s, edits), batch.sentiment, B)
+        with record_function("step/lower:sentiment"):
+            h_s = editor.lower(batch.sentiment)
+        with record_function("step/sentiment_loss"):
+            ul, s_ok = losses.sentiment_scores(editor.answer_logits(batch.sentiment, h_s, edits), batch.sentiment, B)
         edit_loss = torch.where(batch.is_sentiment, ul, nll)
         success = torch.where(batch.is_sentiment, s_ok, success)
 
     loc_loss = torch.zeros((), device=post.device)
     if batch.loc is not None:
         loc = loc_positions(batch.loc, cfg.loc_positions)
-        h_loc = editor.lower(loc)
-        with torch.no_grad():
-            pre_loc = editor.answer_logits(loc, h_loc)
-        post_loc = editor.answer_logits(loc, h_loc, edits)
-        lrows = losses.answer_rows(loc.answer_mask)
-        loc_loss = losses.kl_pre_post(pre_loc, post_loc, lrows, len(loc)).mean()
+        with record_function("step/lower:loc"):
+            h_loc = editor.lower(loc)
+        with record_function("step/loc_loss"):
+            with torch.no_grad():
+                pre_loc = editor.answer_logits(loc, h_loc)
+            post_loc = editor.answer_logits(loc, h_loc, edits)
+            lrows = losses.answer_rows(loc.answer_mask)
+            loc_loss = losses.kl_pre_post(pre_loc, post_loc, lrows, len(loc)).mean()
 
     total = cfg.c_edit * edit_loss.mean() + cfg.c_loc * loc_loss
     metrics = {
