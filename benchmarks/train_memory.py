@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--val-every", type=int, default=75)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more overrides")
     ap.add_argument("--every", type=float, default=1.0, help="sampling interval, seconds")
+    ap.add_argument("--workdir", default=None, help="where the Ray run and its MLflow store stay (default: a temp dir)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -108,9 +109,10 @@ def main() -> None:
         k, _, v = kv.partition("=")
         overrides[k] = yaml.safe_load(v)
     cfg = load_run_config(args.config, overrides)
-    work = Path(tempfile.mkdtemp(prefix="bench-train-memory-"))
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-train-memory-"))
+    work.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    os.environ.setdefault("RAY_TMPDIR", str(work / "ray"))
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short socket paths
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     load0 = os.getloadavg()
     t0 = time.time()
