@@ -171,7 +171,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     storage_path: str = ""  # "" = ./runs
     max_length: int = 96  # token cap of one sequence
-    hidden_cache_mb: float = 2048  # cache of frozen lower-layer hidden states per sequence (0 = off)
+    # A cache of frozen lower-layer hidden states per sequence (MB; 0 = off). Off by default: it only
+    # pays from the second epoch, and until full it grows the worker's memory by ~1 GB per epoch
+    # of SmolLM2 rows (benchmarks/train_memory.py); turn it on for many-epoch runs with RAM to spare.
+    hidden_cache_mb: float = 0
     sentiment_sentences: int = 1  # ConvSent good and bad sentences per edit in a training step
     # Learning-rate schedule of the hypernetwork, one factor applied to both Adam groups (the
     # transform's lr and the edit learning rates' lr_lr): linear warm-up over warmup_steps, then
