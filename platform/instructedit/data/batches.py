@@ -8,6 +8,7 @@ sentences) and the editor applies edit `row_edit[r]` to row r.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,9 @@ class TokenBatch:
     row_edit: torch.Tensor  # (N,) index of the edit this row belongs to
     row_probe: torch.Tensor  # (N,) index of the probe within the batch (alias rows share a probe)
     meta: list[dict] = field(default_factory=list)  # per row: kind, case_id, ...
+    # per row: token counts at which its leading ids may be shared with other rows (an instruction,
+    # a prompt many rows continue); the lower blocks run each shared prefix once (editor/split.py)
+    prefixes: list[tuple[int, ...]] | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -30,6 +34,7 @@ class TokenBatch:
         return TokenBatch(
             self.input_ids.to(device), self.attention_mask.to(device), self.answer_mask.to(device),
             self.answer_ids.to(device), self.row_edit.to(device), self.row_probe.to(device), self.meta,
+            self.prefixes,
         )
 
     def select(self, rows: torch.Tensor | list[int]) -> TokenBatch:
@@ -40,6 +45,7 @@ class TokenBatch:
             self.input_ids[idx, :width], self.attention_mask[idx, :width], self.answer_mask[idx, :width],
             self.answer_ids[idx, :width], self.row_edit[idx], self.row_probe[idx],
             [self.meta[i] for i in idx.tolist()] if self.meta else [],
+            [self.prefixes[i] for i in idx.tolist()] if self.prefixes is not None else None,
         )
 
 
@@ -100,6 +106,46 @@ def instructed(record, prompt: str) -> str:
     from .instructions import apply_template, task_config
 
     return apply_template(task_config(record.task), record.instruction, prompt)
+
+
+def instruction_prefix(record) -> str:
+    """The text every instructed input of `record` starts with: its task template up to the prompt,
+    without trailing whitespace ("" without an instruction)."""
+    if not record.instruction:
+        return ""
+    from .instructions import apply_template, task_config
+
+    mark = "\x00"
+    return apply_template(task_config(record.task), record.instruction, mark).split(mark)[0].rstrip()
+
+
+def mark_prefixes(batch: TokenBatch, tokenizer, records, instructed: bool, prompts: bool = True,
+                  all_prompts: bool = False) -> TokenBatch:
+    """`batch` with per-row shared-prefix cut points: after the record's instruction prefix
+    (`instructed`; only where the row's ids start with the prefix's own ids, so the ids are the
+    ones the row was tokenised to either way) and after the prompt when `prompts` and another row
+    of the batch starts with the same prompt ids (ConvSent sentences, portability aliases), or
+    after every prompt with `all_prompts` (prompts generated from later)."""
+    plen = (batch.answer_mask.float().argmax(1) + 1).tolist()  # the first answer logit sits on the prompt's last token
+    ids = [row[:n].tolist() for row, n in zip(batch.input_ids, batch.attention_mask.sum(1).tolist())]
+    count: dict[tuple, int] = {}
+    for r, p in zip(ids, plen):
+        count[tuple(r[:p])] = count.get(tuple(r[:p]), 0) + 1
+    pre_ids: dict[str, list[int]] = {}
+    out = []
+    for r, (row, p) in enumerate(zip(ids, plen)):
+        cuts = []
+        if instructed:
+            text = instruction_prefix(records[int(batch.row_edit[r])])
+            if text and text not in pre_ids:
+                pre_ids[text] = tokenizer(text, add_special_tokens=True)["input_ids"]
+            pre = pre_ids.get(text, [])
+            if pre and len(pre) < p and row[: len(pre)] == pre:
+                cuts.append(len(pre))
+        if all_prompts or (prompts and count[tuple(row[:p])] > 1):
+            cuts.append(p)
+        out.append(tuple(cuts))
+    return dataclasses.replace(batch, prefixes=out)
 
 
 def edit_batch(records, tokenizer, max_length: int = 128, instructed: bool = True) -> TokenBatch:

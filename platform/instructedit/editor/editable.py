@@ -74,7 +74,7 @@ class EditableModel:
         return weight_shape(self.layers[name])[1]
 
     def lower(self, batch: TokenBatch) -> torch.Tensor:
-        return self.split.lower(batch.input_ids, batch.attention_mask)
+        return self.split.lower(batch.input_ids, batch.attention_mask, batch.prefixes)
 
     def answer_logits(self, batch: TokenBatch, hidden: torch.Tensor | None = None,
                       edits: Edits | None = None, row_edit: torch.Tensor | None = None) -> torch.Tensor:
@@ -85,6 +85,19 @@ class EditableModel:
         with ctx:
             final = self.split.upper(h, batch.attention_mask)
         return self.split.logits(final, batch.answer_mask)
+
+    def answer_logprobs(self, batch: TokenBatch, hidden: torch.Tensor | None = None, edits: Edits | None = None,
+                        slice_tokens: int = 1024) -> torch.Tensor:
+        """Log-probability of each answer token (n_sel,), the LM head run `slice_tokens` positions
+        at a time: never more than that many positions' vocabulary logits in memory."""
+        h = self.lower(batch) if hidden is None else hidden
+        ctx = patched(self.layers, edits, batch.row_edit) if edits else contextlib.nullcontext()
+        with ctx:
+            final = self.split.upper(h, batch.attention_mask)
+        sel = final[batch.answer_mask.to(final.device)]
+        ids = batch.answer_ids[batch.answer_mask].to(final.device)
+        return torch.cat([losses.token_logprobs(self.split.logits(sel[i: i + slice_tokens]), ids[i: i + slice_tokens])
+                          for i in range(0, len(sel), slice_tokens)]) if len(sel) else sel.new_zeros(0)
 
     def answer_nll(self, batch: TokenBatch, hidden: torch.Tensor | None = None,
                    edits: Edits | None = None) -> torch.Tensor:
