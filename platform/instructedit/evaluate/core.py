@@ -27,7 +27,7 @@ from typing import Protocol
 
 import torch
 
-from ..data.batches import TokenBatch, edit_batch, probe_batch
+from ..data.batches import TokenBatch, edit_batch, mark_prefixes, probe_batch
 from ..editor import losses
 from ..editor.editable import no_edits  # noqa: F401  (the methods' make_edits live with the methods)
 from ..editor.hooks import patched
@@ -55,6 +55,10 @@ class Forward(Protocol):
     def generate(self, prompt_ids: list[list[int]], row_edit: list[int], new_tokens: int,
                  post: bool) -> list[list[int]]: ...
 
+    def unchanged(self, prompt_ids: list[list[int]], row_edit: list[int], new_tokens: int) -> list[bool]:
+        """Per prompt: greedy continuation after the edit == before (locality_gen)."""
+        ...
+
 
 def answer_order(batch: TokenBatch, chunks: list[list[int]]) -> torch.Tensor:
     """Where each answer position of the concatenated chunk outputs goes in the batch's own
@@ -68,10 +72,13 @@ def answer_order(batch: TokenBatch, chunks: list[list[int]]) -> torch.Tensor:
 
 class BatchedForward:
     """Edits patched in row by row. A probe batch runs in chunks of rows of similar length (less
-    padding, bounded memory); each chunk's lower blocks run once for the pre and post passes."""
+    padding, bounded memory); each chunk's lower blocks run once for the pre and post passes, and
+    shared prefixes (instructions, a prompt several rows continue) once for all rows and batches
+    (`share_prefixes`; False runs every row whole, the same numbers within float tolerance)."""
 
-    def __init__(self, editor, edits, max_tokens: int = 4096):
+    def __init__(self, editor, edits, max_tokens: int = 4096, share_prefixes: bool = True):
         self.editor, self.edits, self.max_tokens = editor, edits, max_tokens
+        self.share_prefixes = share_prefixes
         self._last: tuple[TokenBatch, list, torch.Tensor] | None = None  # (batch, chunks, order)
         self._generated: tuple | None = None  # (key, continuations, prompts) of the last pre-edit call
         self._same: dict[str, torch.Tensor] = {}  # outputs of the current batch, when pre == post
@@ -91,6 +98,8 @@ class BatchedForward:
             chunks = []
             for g in groups:
                 sub = batch.select(g)
+                if not self.share_prefixes:
+                    sub = dataclasses.replace(sub, prefixes=None)
                 chunks.append((sub, self.editor.lower(sub)))
             self._last = (batch, chunks, answer_order(batch, groups))
             self._same = {}
@@ -100,7 +109,7 @@ class BatchedForward:
         chunks, order = self._chunks(batch)
         if not self.edits and kind in self._same:  # no edits (pre-edit model): post is pre
             return self._same[kind]
-        parts = [fn(sub, self.editor.answer_logits(sub, h, self.edits if post else None)) for sub, h in chunks]
+        parts = [fn(sub, h, self.edits if post else None) for sub, h in chunks]
         flat = torch.cat(parts)
         out = torch.empty_like(flat)
         out[order.to(flat.device)] = flat
@@ -109,24 +118,43 @@ class BatchedForward:
         return out
 
     def logits(self, batch: TokenBatch, post: bool) -> torch.Tensor:
-        return self._per_chunk(batch, post, "logits", lambda sub, lg: lg)
+        return self._per_chunk(batch, post, "logits", self.editor.answer_logits)
 
     def logprobs(self, batch: TokenBatch, post: bool) -> torch.Tensor:
-        """Log-probability of each answer token; never holds a whole batch's vocabulary logits."""
-        return self._per_chunk(batch, post, "logprobs",
-                               lambda sub, lg: losses.token_logprobs(lg, sub.answer_ids[sub.answer_mask].to(lg.device)))
+        """Log-probability of each answer token; never holds a whole batch's vocabulary logits
+        (nor a chunk's: the LM head runs on slices of its answer positions)."""
+        return self._per_chunk(batch, post, "logprobs", self.editor.answer_logprobs)
 
     def generate(self, prompt_ids, row_edit, new_tokens, post):
         e = self.editor
         key = (id(prompt_ids), new_tokens)
         if not self.edits and self._generated is not None and self._generated[0] == key:
             return self._generated[1]  # no edits: the post-edit continuation is the pre-edit one
+        def run():
+            if self.share_prefixes:  # lower blocks from the shared-prefix cache, as in the scoring passes
+                return generation.greedy_split(e.split, e.tokenizer, prompt_ids, new_tokens)
+            return generation.greedy(e.model, e.tokenizer, prompt_ids, new_tokens)
+
         if post and self.edits:
             with patched(e.layers, self.edits, torch.tensor(row_edit, dtype=torch.long, device=e.device)):
-                return generation.greedy(e.model, e.tokenizer, prompt_ids, new_tokens)
-        out = generation.greedy(e.model, e.tokenizer, prompt_ids, new_tokens)
+                return run()
+        out = run()
         self._generated = (key, out, prompt_ids)  # the ids stay referenced, so the key stays unique
         return out
+
+    def unchanged(self, prompt_ids, row_edit, new_tokens):
+        if not self.edits:
+            return [True] * len(prompt_ids)
+        if not self.share_prefixes:
+            before = self.generate(prompt_ids, row_edit, new_tokens, False)
+            return [a == b for a, b in zip(before, self.generate(prompt_ids, row_edit, new_tokens, True))]
+        e = self.editor
+
+        def edited(rows):
+            return patched(e.layers, self.edits, torch.tensor([row_edit[r] for r in rows], dtype=torch.long,
+                                                              device=e.device))
+
+        return generation.unchanged_split(e.split, e.tokenizer, prompt_ids, new_tokens, edited)
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -135,12 +163,17 @@ def _restrict(records, keep: list[int]):
     return [records[i] for i in keep], torch.tensor(keep, dtype=torch.long)
 
 
-def _probe_batch(records, tok, kind, max_length, keep, instructed_probe=False) -> TokenBatch | None:
+def _probe_batch(records, tok, kind, max_length, keep, instructed_probe=False, generated=False) -> TokenBatch | None:
+    """`generated`: the plain prompts are generated from later (the *_gen metrics), so their lower
+    states are kept as shared prefixes."""
     sub, back = _restrict(records, keep)
     if not sub:
         return None
     pb = probe_batch(sub, tok, kind, max_length, instructed_probe=instructed_probe)
-    return None if pb is None else dataclasses.replace(pb, row_edit=back[pb.row_edit])
+    if pb is None:
+        return None
+    return mark_prefixes(dataclasses.replace(pb, row_edit=back[pb.row_edit]), tok, records, instructed_probe,
+                         all_prompts=generated and not instructed_probe)
 
 
 def _accuracy_per_probe(fwd: Forward, pb: TokenBatch) -> dict[int, tuple[int, float, str]]:
@@ -160,11 +193,11 @@ def _mean(v: list[float]) -> float:
 
 
 def _score_nll(records, tok, fwd: Forward, max_length: int, results: list[dict], suffix: str,
-               instructed: bool) -> None:
+               instructed: bool, generated: bool = False) -> None:
     """reliability, generalization, portability (+ per kind) of one probe variant."""
     keep = [i for i, r in enumerate(records) if r.sentiment is None and (r.instruction or not instructed)]
     for kind, metric in (("prompt", "reliability"), ("rephrase", "generalization"), ("portability", "portability")):
-        pb = _probe_batch(records, tok, kind, max_length, keep, instructed)
+        pb = _probe_batch(records, tok, kind, max_length, keep, instructed, generated and kind != "portability")
         if pb is None:
             continue
         per_edit: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -210,9 +243,10 @@ def _score_sentiment(records, tok, fwd: Forward, max_length: int, results: list[
             results[e]["es" + suffix] = es
 
 
-def _score_unrelated(records, tok, fwd: Forward, max_length: int, results: list[dict]) -> None:
+def _score_unrelated(records, tok, fwd: Forward, max_length: int, results: list[dict],
+                     generated: bool = False) -> None:
     """Locality (NLL tasks: share of answer-token argmax unchanged) and drawdown (ConvSent: KL)."""
-    lb = _probe_batch(records, tok, "locality", max_length, list(range(len(records))))
+    lb = _probe_batch(records, tok, "locality", max_length, list(range(len(records))), generated=generated)
     if lb is None:
         return
     pre, post = fwd.logits(lb, False), fwd.logits(lb, True)
@@ -248,10 +282,8 @@ def _score_generation(records, tok, fwd: Forward, max_length: int, results: list
         n_loc = gen_tokens or generation.answer_tokens(tok, [a for _, _, ans in loc for a in ans]) + 2
         lids = generation.encode_prompts(tok, [p for _, p, _ in loc], max_length)
         row_edit = [e for e, _, _ in loc]
-        before = fwd.generate(lids, row_edit, n_loc, False)
-        after = fwd.generate(lids, row_edit, n_loc, True)
-        for e, a, b in zip(row_edit, before, after):
-            got[(e, "locality_gen")].append(float(a == b))
+        for e, same in zip(row_edit, fwd.unchanged(lids, row_edit, n_loc)):
+            got[(e, "locality_gen")].append(float(same))
     for (e, metric), v in got.items():
         results[e][metric] = _mean(v)
 
@@ -261,9 +293,11 @@ def score(records, tok, fwd: Forward, max_length: int, options: EvalOptions) -> 
     results = [{"case_id": r.case_id, "task": r.task, "instruction_id": r.instruction_id} for r in records]
     variants = [("", False)] + ([(INSTRUCTED, True)] if options.instructed_probes else [])
     for suffix, instructed in variants:
-        _score_nll(records, tok, fwd, max_length, results, suffix, instructed)
+        _score_nll(records, tok, fwd, max_length, results, suffix, instructed, options.generation)
         _score_sentiment(records, tok, fwd, max_length, results, suffix, instructed)
-    _score_unrelated(records, tok, fwd, max_length, results)
+    # locality prompts are generated from for NLL tasks only (ConvSent's are drawdown probes)
+    _score_unrelated(records, tok, fwd, max_length, results,
+                     options.generation and any(r.sentiment is None for r in records))
     if options.generation:
         _score_generation(records, tok, fwd, max_length, results, options.gen_tokens)
     return results
@@ -271,10 +305,14 @@ def score(records, tok, fwd: Forward, max_length: int, options: EvalOptions) -> 
 
 @torch.no_grad()
 def evaluate_batch(editor, records, make_edits: MakeEdits, max_length: int = 128,
-                   options: EvalOptions | None = None) -> list[dict]:
-    """Per-case metric dicts for `records`, each edited independently."""
+                   options: EvalOptions | None = None, share_prefixes: bool = True) -> list[dict]:
+    """Per-case metric dicts for `records`, each edited independently. `share_prefixes`: run
+    shared prefixes through the lower blocks once (BatchedForward); off only to measure it."""
     options = options or EvalOptions()
     eb = edit_batch(records, editor.tokenizer, max_length, instructed=options.instructed_edit)
+    if share_prefixes and options.instructed_edit:
+        eb = mark_prefixes(eb, editor.tokenizer, records, instructed=True, prompts=False)
     with torch.enable_grad():
         edits = make_edits(eb, editor.lower(eb))
-    return score(records, editor.tokenizer, BatchedForward(editor, edits), max_length, options)
+    return score(records, editor.tokenizer, BatchedForward(editor, edits, share_prefixes=share_prefixes),
+                 max_length, options)

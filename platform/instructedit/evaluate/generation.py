@@ -13,8 +13,10 @@ one-record reference.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
+from collections.abc import Callable
 
 import torch
 
@@ -55,6 +57,11 @@ def answer_tokens(tokenizer, answers: list[str]) -> int:
                default=1)
 
 
+def _all_ended(steps: list[torch.Tensor], eos: int | None) -> bool:
+    """Every row has produced EOS: what follows is cut anyway."""
+    return eos is not None and bool(torch.stack(steps, 1).eq(eos).any(1).all())
+
+
 @torch.no_grad()
 def greedy(model, tokenizer, prompt_ids: list[list[int]], new_tokens: int) -> list[list[int]]:
     """Greedy continuations (`new_tokens` each, cut at EOS) of left-padded prompts, KV-cached.
@@ -79,7 +86,7 @@ def greedy(model, tokenizer, prompt_ids: list[list[int]], new_tokens: int) -> li
     for k in range(new_tokens):
         nxt = out.logits[:, -1].argmax(-1)
         steps.append(nxt)
-        if k + 1 == new_tokens:
+        if k + 1 == new_tokens or _all_ended(steps, tokenizer.eos_token_id):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos[:, -1:] + 1
@@ -88,6 +95,104 @@ def greedy(model, tokenizer, prompt_ids: list[list[int]], new_tokens: int) -> li
     gen = torch.stack(steps, dim=1).tolist()
     eos = tokenizer.eos_token_id
     return [row[: row.index(eos)] if eos is not None and eos in row else row for row in gen]
+
+
+def _prefill_lower(split, prompt_ids: list[list[int]]):
+    """Left-padded lower hidden states, mask, positions and a cache of the lower blocks' keys/values
+    of the prompts, from `split`'s shared-prefix cache."""
+    from transformers import DynamicCache
+
+    heads = split.prefix_states(prompt_ids)
+    ref = heads[0]
+    n, width = len(prompt_ids), max(len(p) for p in prompt_ids)
+    hidden = ref.hidden.new_zeros(n, width, ref.hidden.shape[-1])
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for r, (p, h) in enumerate(zip(prompt_ids, heads)):
+        hidden[r, width - len(p):] = h.hidden
+        mask[r, width - len(p):] = 1
+    mask = mask.to(hidden.device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    for layer, (k0, v0) in enumerate(ref.kv):  # left-padded like the rows
+        k = k0.new_zeros(n, k0.shape[0], width, k0.shape[-1])
+        v = v0.new_zeros(n, v0.shape[0], width, v0.shape[-1])
+        for r, (p, h) in enumerate(zip(prompt_ids, heads)):
+            k[r, :, width - len(p):], v[r, :, width - len(p):] = h.kv[layer]
+        cache.update(k, v, layer)
+    return hidden, mask, pos, cache
+
+
+@torch.no_grad()
+def greedy_split(split, tokenizer, prompt_ids: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """`greedy` with the prompts' lower blocks from `split`'s shared-prefix cache (editor/split.py):
+    the lower blocks are never edited, so a prompt scored or generated from before the edit runs
+    them once. The upper blocks prefill from those states; the decoding steps run the whole model
+    on a cache joining both halves' keys/values. Same continuations as `greedy`."""
+    if not prompt_ids:
+        return []
+    hidden, mask, pos, lower = _prefill_lower(split, prompt_ids)
+    final, cache = split.upper_prefill(hidden, mask, pos)
+    for layer in range(split.split_at):
+        cache.update(lower.layers[layer].keys, lower.layers[layer].values, layer)
+    logits = split.head(final[:, -1])
+    steps = []
+    for step in range(new_tokens):
+        nxt = logits.argmax(-1)
+        steps.append(nxt)
+        if step + 1 == new_tokens or _all_ended(steps, tokenizer.eos_token_id):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        pos = pos[:, -1:] + 1
+        out = split.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, cache=cache,
+                          use_cache=True, logits_to_keep=1)
+        cache, logits = out.cache, out.logits[:, -1]
+    gen = torch.stack(steps, dim=1).tolist()
+    eos = tokenizer.eos_token_id
+    return [row[: row.index(eos)] if eos is not None and eos in row else row for row in gen]
+
+
+@torch.no_grad()
+def unchanged_split(split, tokenizer, prompt_ids: list[list[int]], new_tokens: int,
+                    edited: Callable[[list[int]], contextlib.AbstractContextManager]) -> list[bool]:
+    """Per prompt: is its greedy continuation (cut at EOS) the same after the edit as before?
+
+    Decoded jointly: while a row's two continuations agree, the lower blocks (never edited) see the
+    same tokens, so they run once for both; the upper blocks run twice, plain and inside
+    `edited(rows)` (the edit patched for those prompt indices). A row is decided when its two next
+    tokens first differ (False: the cut continuations differ there) or are EOS together (True),
+    and leaves the batch; rows still agreeing after `new_tokens` are True. The same answers as
+    comparing `greedy` before with `greedy` after."""
+    if not prompt_ids:
+        return []
+    hidden, mask, pos, lower = _prefill_lower(split, prompt_ids)
+    final, pre = split.upper_prefill(hidden, mask, pos)
+    active = list(range(len(prompt_ids)))
+    with edited(active):
+        final_post, post = split.upper_prefill(hidden, mask, pos)
+    lg_pre, lg_post = split.head(final[:, -1]), split.head(final_post[:, -1])
+    eos = tokenizer.eos_token_id
+    same = [True] * len(prompt_ids)
+    for step in range(new_tokens):
+        a, b = lg_pre.argmax(-1), lg_post.argmax(-1)
+        differ = a.ne(b)
+        for i in differ.nonzero().flatten().tolist():
+            same[active[i]] = False
+        done = differ | (a.eq(eos) if eos is not None else torch.zeros_like(differ))
+        if step + 1 == new_tokens or bool(done.all()):
+            break
+        if done.any():
+            keep = (~done).nonzero().flatten()
+            active = [active[i] for i in keep.tolist()]
+            for c in (lower, pre, post):
+                c.batch_select_indices(keep)
+            a, mask, pos = a[keep], mask[keep], pos[keep]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        pos = pos[:, -1:] + 1
+        h = split.lower_step(a[:, None], mask, pos, lower)
+        lg_pre = split.head(split.upper_step(h, mask, pos, pre)[:, -1])
+        with edited(active):
+            lg_post = split.head(split.upper_step(h, mask, pos, post)[:, -1])
+    return same
 
 
 def decode(tokenizer, rows: list[list[int]]) -> list[str]:

@@ -49,6 +49,10 @@ class DenseForward:
             return [generation.greedy(self.editor.model, self.editor.tokenizer, [p], new_tokens)[0]
                     for p in prompt_ids]
 
+    def unchanged(self, prompt_ids, row_edit, new_tokens):
+        before = self.generate(prompt_ids, row_edit, new_tokens, False)
+        return [a == b for a, b in zip(before, self.generate(prompt_ids, row_edit, new_tokens, True))]
+
 
 @torch.no_grad()
 def reference_evaluate(editor, record, make_edits: MakeEdits, max_length: int = 128,

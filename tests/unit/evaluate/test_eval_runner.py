@@ -52,6 +52,29 @@ def test_batched_equals_one_at_a_time(tiny_editor, records):
     assert {"es", "es_instructed", "dd"} <= set(batched[-1]) and "reliability" not in batched[-1]
 
 
+def test_shared_prefixes_equal_whole_rows_and_the_reference(tiny_editor, records):
+    """Instructions, ConvSent topic questions and the prompts generated from run their lower blocks
+    once (editor/split.py); the metrics are those of every row run whole, and of the reference."""
+    from instructedit.data.batches import edit_batch, mark_prefixes
+
+    make = mend_edits(tiny_editor)
+    tagged = retag(records, "seen")
+    ml = 256  # the tiny byte-level tokenizer: room for the ~150-token instruction prefix (48 cuts it off)
+    tok = tiny_editor.tokenizer
+    assert all(mark_prefixes(edit_batch(tagged, tok, ml), tok, tagged, instructed=True, prompts=False).prefixes)
+    sp = tiny_editor.split
+    sp.clear_shared()
+    hits = sp.shared_hits
+    shared = evaluate_batch(tiny_editor, tagged, make, ml)
+    assert sp.shared_hits > hits and sp._shared
+    whole = evaluate_batch(tiny_editor, tagged, make, ml, share_prefixes=False)
+    for a, b in zip(shared, whole):
+        _same(a, b, 1e-5)
+    for got, rec in zip(shared[:2] + shared[-1:], tagged[:2] + tagged[-1:]):
+        _same(got, reference_evaluate(tiny_editor, rec, make, ml))
+    sp.clear_shared()
+
+
 def _instruction_free(text: str, records) -> bool:
     return not any(r.instruction and r.instruction in text for r in records) and "Task:" not in text
 
