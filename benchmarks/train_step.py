@@ -124,6 +124,8 @@ def main() -> None:
     ap.add_argument("--outer", action=argparse.BooleanOptionalAction, default=None,
                     help="editor.rephrase_in_edit_loss (default: the config's)")
     ap.add_argument("--skip-naive", action="store_true", help="do not time the naive reference step")
+    ap.add_argument("--unshared", action="store_true",
+                    help="also time the step without shared instruction prefixes (same batch, same run)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -158,8 +160,22 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     load0 = os.getloadavg()
+    editor.split.clear_shared()
+    t0 = time.perf_counter()
+    ours()  # the first step of a run: no instruction prefix cached yet
+    t_cold = time.perf_counter() - t0
     t_step = timed(ours, args.repeats)
     phases = profile_step(editor, batch, cfg.editor)
+    t_unshared = None
+    if args.unshared:
+        plain = make_step_batch(picked, editor.tokenizer, cfg.train.max_length, seed=0,
+                                outer=cfg.editor.rephrase_in_edit_loss, share_prefixes=False)
+
+        def unshared():
+            loss, _ = training_step(editor, plain, cfg.editor)
+            loss.backward()
+
+        t_unshared = timed(unshared, args.repeats)
     t_naive = None if args.skip_naive else timed(naive, max(2, args.repeats // 2))
     model = editor.model
     model.requires_grad_(True)
@@ -181,6 +197,9 @@ def main() -> None:
         "loadavg_start": load0,
         "loadavg_end": os.getloadavg(),
         "step_s": t_step,
+        "first_step_s": t_cold,
+        "unshared_step_s": t_unshared,
+        "unshared_over_fwdbwd": None if t_unshared is None else t_unshared / t_fb,
         "naive_step_s": t_naive,
         "fwdbwd_s": t_fb,
         "step_over_fwdbwd": t_step / t_fb,

@@ -20,7 +20,7 @@ import torch
 from torch.profiler import record_function
 
 from ..config import EditorConfig
-from ..data.batches import TokenBatch, edit_batch, encode_pairs, probe_batch
+from ..data.batches import TokenBatch, edit_batch, encode_pairs, mark_prefixes, probe_batch
 from ..editor import losses
 from ..editor.mend import MendEditor
 
@@ -42,16 +42,25 @@ class StepBatch:
 
 
 def make_step_batch(records, tokenizer, max_length: int = 96, seed: int = 0, n_sentences: int = 2,
-                    outer: bool = False) -> StepBatch:
+                    outer: bool = False, share_prefixes: bool = True) -> StepBatch:
     """A training batch: one locality probe per edit (seeded pick), a few sentiment sentences;
-    `outer` (editor.rephrase_in_edit_loss): the plain prompts and one rephrase per edit."""
+    `outer` (editor.rephrase_in_edit_loss): the plain prompts and one rephrase per edit.
+    `share_prefixes`: the instructed rows carry their instruction prefix's cut point, so the lower
+    blocks (frozen) run each instruction once and serve it from the shared-prefix cache after
+    (SplitModel.lower); the same numbers within float tolerance, off only to measure it."""
     rng = random.Random(seed)
     loc_pick = rng.randrange(1 << 30)
+    edit = edit_batch(records, tokenizer, max_length)
+    # instructed like the edit input, as training has always scored sentiment rows
+    sentiment = probe_batch(records, tokenizer, "sentiment", max_length, limit=n_sentences, instructed_probe=True)
+    if share_prefixes:
+        edit = mark_prefixes(edit, tokenizer, records, instructed=True, prompts=False)
+        if sentiment is not None:
+            sentiment = mark_prefixes(sentiment, tokenizer, records, instructed=True)
     return StepBatch(
-        edit=edit_batch(records, tokenizer, max_length),
+        edit=edit,
         loc=probe_batch(records, tokenizer, "locality", max_length, pick=loc_pick),
-        # instructed like the edit input, as training has always scored sentiment rows
-        sentiment=probe_batch(records, tokenizer, "sentiment", max_length, limit=n_sentences, instructed_probe=True),
+        sentiment=sentiment,
         is_sentiment=torch.tensor([r.sentiment is not None for r in records]),
         tasks=[r.task for r in records],
         outer=outer_batch(records, tokenizer, max_length, rng.randrange(1 << 30)) if outer else None,

@@ -109,3 +109,39 @@ def test_edit_learning_rates_receive_gradients_and_change(loaded):
     assert editor.edit_lrs.grad is not None and (editor.edit_lrs.grad != 0).all()
     opt.step()
     assert (editor.edit_lrs.detach() != before).all()
+
+
+def test_shared_instruction_prefixes_give_the_same_step(loaded):
+    """The instruction prefix of instructed edit rows runs through the frozen lower blocks once and
+    is served from the shared-prefix cache after: the loss and every editor gradient are those of
+    whole rows within float noise; the second step finds its prefixes cached. (A wrong prefix
+    entry moves the loss at the 1e-2 level: tests/unit/editor/test_split_prefixes.py. The edit
+    learning rates' gradients are small sums of cancelling terms, so their fp32 noise is a few %.)"""
+    from instructedit.data.instructions import apply_template, task_config
+
+    texts = ["Change the fact as asked.", "Update what the model believes."]
+    recs = [dataclasses.replace(r, instruction=texts[i % 2], instruction_id=f"i{i % 2}",
+                                edit_input=apply_template(task_config(r.task), texts[i % 2], r.prompt))
+            for i, r in enumerate(synthetic(6, 11))]
+    cfg = run_cfg()
+    editor = build_editor(cfg, loaded).train()
+    shared = make_step_batch(recs, editor.tokenizer, 160, seed=0)  # byte tokens: room for the template
+    whole = make_step_batch(recs, editor.tokenizer, 160, seed=0, share_prefixes=False)
+    assert whole.edit.prefixes is None and all(len(c) == 1 and c[0] > 3 for c in shared.edit.prefixes)
+
+    def step(batch):
+        editor.zero_grad(set_to_none=True)
+        loss, _ = training_step(editor, batch, cfg.editor)
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in editor.named_parameters() if p.grad is not None}
+
+    editor.split.clear_shared()
+    loss_w, grads_w = step(whole)
+    loss_s, grads_s = step(shared)
+    assert len(editor.split._shared) == 2  # one entry per distinct instruction
+    loss_again, _ = step(shared)  # from the cache
+    assert loss_s == pytest.approx(loss_w, rel=1e-5) and loss_again == pytest.approx(loss_w, rel=1e-5)
+    assert grads_s.keys() == grads_w.keys() and grads_w
+    for n, g in grads_w.items():
+        tol = 0.1 if n == "edit_lrs" else 1e-2
+        assert float((grads_s[n] - g).norm()) <= tol * float(g.norm()), n
