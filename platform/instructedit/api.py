@@ -36,15 +36,16 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, TaskConfig, load_task, to_dict
+from .config import ConfigError, TaskConfig, to_dict
 from .data.batches import edit_batch, encode_pairs
-from .data.instructions import request_instruction, with_instruction
+from .data.instructions import request_instruction, task_config, with_instruction
 from .data.record import EditRecord, Sentiment
-from .editor import methods
+from .editor import losses, methods
 from .editor.checkpoint import CheckpointError, CheckpointNotFound, Resolved, resolve
 from .editor.editable import AppliedEdits, EditableModel, Edits, edits_digest
 from .editor.mend import CheckpointMismatch
 from .editor.methods import Method
+from .editor.packed import lower_stamp, upper_packed
 from .models import LoadedModel, build_model
 
 __all__ = [
@@ -415,6 +416,17 @@ def model_card(m: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------- editor
+HEAD_POSITIONS = 256  # answer positions per LM-head call (bounds the (positions x vocabulary) logits)
+
+_Row = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # one row, unpadded: ids, answer mask, answer ids
+
+
+def _rows(b) -> list[_Row]:
+    """The rows of a TokenBatch without their padding."""
+    return [(b.input_ids[r, :n], b.answer_mask[r, :n], b.answer_ids[r, :n])
+            for r, n in enumerate(b.attention_mask.sum(1).tolist())]
+
+
 class BoundEditor:
     """An editing method bound to its base model (the model is edited in place by edit()): a
     trained editor (load_editor) or an untrained method built on the model (load_method). Both
@@ -445,6 +457,8 @@ class BoundEditor:
         self.instruction_setting: str = data.get("instruction_setting", "") if method.trained else "none"
         self.instruction_set: str = data.get("instruction_set", "")
         self.resolved: Resolved | None = None  # how load_editor found the checkpoint
+        self._prefix_ids: dict[str, list[int]] = {}  # instruction template text -> its token ids
+        self._stamp: tuple | None = None  # the lower weights the split's prefix cache was filled under
 
     def describe(self) -> dict[str, Any]:
         rc = self.run_config
@@ -468,7 +482,7 @@ class BoundEditor:
         task_cfg = None
         if req.task:
             try:
-                task_cfg = load_task(req.task)
+                task_cfg = task_config(req.task)  # parsed once per version of the YAML
             except ConfigError as e:
                 raise RequestError(f"{w}: {e}") from None
         sentiment = Sentiment(topic=req.subject, label=req.label, good=[], bad=[]) if req.label else None
@@ -498,14 +512,38 @@ class BoundEditor:
         return with_instruction(record, tmpl_task, ins_id, raw), note
 
     # ------------------------------------------------------------------------- measuring
+    # Every P(target) of an edit() comes from one pass of its rows through the lower blocks and,
+    # before and after the edit, one packed pass through the blocks above (editor/packed.py),
+    # with the LM head at the answer positions only: the edit changes only those blocks, so the
+    # lower hidden states serve both sides. A probe that is token for token its request's edit
+    # input shares the edit's row, and the instruction template in front of an edit input runs
+    # through the lower blocks once per loaded model (SplitModel's shared-prefix cache).
     @torch.no_grad()
     def target_probs(self, prompts: list[str], targets: list[str]) -> list[list[float]]:
         """Per answer token, P(target token | prompt + earlier target tokens), on the live model."""
         b = encode_pairs(self.tokenizer, prompts, targets, row_edit=list(range(len(prompts))),
                          max_length=self.max_length).to(self.device)
-        logits = self.model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.float()
-        lp = torch.log_softmax(logits, -1).gather(-1, b.answer_ids[..., None])[..., 0]
-        return [lp[r][b.answer_mask[r]].exp().tolist() for r in range(len(prompts))]
+        rows = _rows(b)
+        lps, _ = self._score([upper_packed(self.editable.split, self._lower(rows, [()] * len(rows)))], rows)[0]
+        return [lp.exp().tolist() for lp in lps]
+
+    @torch.no_grad()
+    def _lower(self, rows: list[_Row], prefixes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        """Each row's hidden states entering the edited blocks, (len, d): one pass of the lower
+        blocks, a row's `prefixes` (token counts) served by the split's shared-prefix cache."""
+        split = self.editable.split
+        stamp = lower_stamp(split)
+        if stamp != self._stamp:  # the cache assumes unchanged lower blocks: another method edited them
+            split.clear_shared()
+            self._stamp = stamp
+        lengths = [len(ids) for ids, _, _ in rows]
+        input_ids = rows[0][0].new_zeros(len(rows), max(lengths))
+        mask = torch.zeros_like(input_ids)
+        for r, (ids, _, _) in enumerate(rows):
+            input_ids[r, : len(ids)] = ids
+            mask[r, : len(ids)] = 1
+        hidden = split.lower(input_ids, mask, prefixes)
+        return [hidden[r, :n] for r, n in enumerate(lengths)]
 
     @torch.no_grad()
     def continuation(self, prompt: str, max_new_tokens: int = 20) -> str:
@@ -519,48 +557,69 @@ class BoundEditor:
     def next_tokens(self, prompt: str, k: int = 5) -> list[tuple[str, float]]:
         tok = self.tokenizer
         ids = tok(prompt, return_tensors="pt").to(self.device)
-        p = torch.softmax(self.model(**ids).logits[0, -1].float(), -1)
-        top = torch.topk(p, k)
-        return [(tok.decode([i]), float(v)) for v, i in zip(top.values.tolist(), top.indices.tolist())]
+        return self._top(self.model(**ids).logits[0, -1], k)
 
-    def _measure(self, infos: list[RequestInfo], after: bool, max_new_tokens: int, top_k: int) -> None:
-        probes = [(info, p) for info in infos for p in info.probes]
-        probs = self.target_probs([p.text for _, p in probes], [i.request.target for i, _ in probes])
-        for (_, p), tp in zip(probes, probs):
-            joint = float(torch.tensor(tp, dtype=torch.float64).prod())
-            if after:
-                p.p_after, p.token_p_after = joint, tp
-            else:
-                p.p_before, p.token_p_before = joint, tp
-            if p.kind == "edit_input":
-                continue
-            if max_new_tokens > 0:
+    def _top(self, logits: torch.Tensor, k: int) -> list[tuple[str, float]]:
+        top = torch.topk(torch.softmax(logits.float(), -1), k)
+        return [(self.tokenizer.decode([i]), float(v)) for v, i in zip(top.values.tolist(), top.indices.tolist())]
+
+    @torch.no_grad()
+    def _score(self, passes: list[list[torch.Tensor]], rows: list[_Row], top: dict[int, int] | None = None
+               ) -> list[tuple[list[torch.Tensor], dict[int, list[tuple[str, float]]]]]:
+        """Per pass (the final hidden states of every row, from the upper blocks) and row: log P of
+        each answer token, the LM head run at the answer positions only, for all passes at once
+        (on a CPU the head costs its weight's read, ~110 MB on SmolLM2, whatever the positions).
+        `top` {row: k}: also the top-k next tokens after the row's prompt (the distribution at its
+        first answer position)."""
+        counts = [int(am.sum()) for _, am, _ in rows]
+        h = torch.cat([f[am] for finals in passes for f, (_, am, _) in zip(finals, rows)])
+        ids = torch.cat([ai[am] for _, am, ai in rows] * len(passes))
+        first = {}  # position (in h) of a `top` row's first answer token -> (pass, row)
+        at = 0
+        for k in range(len(passes)):
+            for r, n in enumerate(counts):
+                if top and r in top:
+                    first[at] = (k, r)
+                at += n
+        lp, tops = [], [{} for _ in passes]
+        for s in range(0, len(h), HEAD_POSITIONS):
+            logits = self.editable.split.head(h[s: s + HEAD_POSITIONS])
+            lp.append(losses.token_logprobs(logits, ids[s: s + HEAD_POSITIONS]))
+            for j in [j for j in first if s <= j < s + HEAD_POSITIONS]:
+                k, r = first[j]
+                tops[k][r] = self._top(logits[j - s], top[r])
+        per_row = list(torch.cat(lp).split(counts * len(passes)))
+        return [(per_row[k * len(rows): (k + 1) * len(rows)], tops[k]) for k in range(len(passes))]
+
+    def _generate(self, infos: list[RequestInfo], loc: list[LocalityProbe], after: bool, max_new_tokens: int,
+                  locality_tokens: int) -> None:
+        """Greedy continuations of the prompts and rephrases (max_new_tokens > 0) and of the
+        locality prompts, on the live model."""
+        if max_new_tokens > 0:
+            for p in (p for info in infos for p in info.probes if p.kind != "edit_input"):
                 text = self.continuation(p.text, max_new_tokens)
                 if after:
                     p.continuation_after = text
                 else:
                     p.continuation_before = text
-            if top_k > 0:
-                if after:
-                    p.top_after = self.next_tokens(p.text, top_k)
-                else:
-                    p.top_before = self.next_tokens(p.text, top_k)
-
-    def _measure_locality(self, probes: list[LocalityProbe], after: bool, max_new_tokens: int) -> None:
-        known = [p for p in probes if p.answer.strip()]
-        probs = self.target_probs([p.prompt for p in known], [p.answer for p in known]) if known else []
-        for p, tp in zip(known, probs):
-            joint = float(torch.tensor(tp, dtype=torch.float64).prod())
-            if after:
-                p.p_after = joint
-            else:
-                p.p_before = joint
-        for p in probes:
-            text = self.continuation(p.prompt, max_new_tokens)
+        for p in loc:
+            text = self.continuation(p.prompt, locality_tokens)
             if after:
                 p.after = text
             else:
                 p.before = text
+
+    def _prefix_len(self, rec: EditRecord, ids: torch.Tensor) -> tuple[int, ...]:
+        """(n,): the first n tokens of an instructed edit row are its template's text before the
+        prompt, the same for every request of the task and instruction; () unless the row's ids
+        start with that text's own ids (so the row is the same either way)."""
+        if not rec.instruction or rec.edit_input == rec.prompt or not rec.edit_input.endswith(rec.prompt):
+            return ()
+        text = rec.edit_input[: len(rec.edit_input) - len(rec.prompt)].rstrip()
+        if text not in self._prefix_ids:
+            self._prefix_ids[text] = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        pre = self._prefix_ids[text]
+        return (len(pre),) if 0 < len(pre) < len(ids) and ids[: len(pre)].tolist() == pre else ()
 
     # ------------------------------------------------------------------------- editing
     def prepare(self, requests: Iterable[EditRequest] | EditRequest
@@ -593,25 +652,91 @@ class BoundEditor:
             probes += [ProbeResult("rephrase", r, 0.0) for r in rec.rephrase_prompts]
             infos.append(RequestInfo(req, rec.instruction_id, rec.instruction, rec.edit_input, 0.0, probes, note))
         loc = [dataclasses.replace(p) for p in (locality or [])]  # fresh copies: the results go in them
-        self._measure(infos, after=False, max_new_tokens=max_new_tokens, top_k=top_k)
-        self._measure_locality(loc, after=False, max_new_tokens=locality_tokens)
+        known = [p for p in loc if p.answer.strip()]
+
         # Trained editors edit from the edit input (plain for one trained without instructions);
         # untrained methods never saw an instruction, so they edit from the plain prompt.
         batch = edit_batch(records, self.tokenizer, self.max_length, instructed=self.method.trained).to(self.device)
+        probes = [(e, p) for e, info in enumerate(infos) for p in info.probes]
+        pb = encode_pairs(self.tokenizer, [p.text for _, p in probes] + [p.prompt for p in known],
+                          [infos[e].request.target for e, _ in probes] + [p.answer for p in known],
+                          row_edit=[e for e, _ in probes] + [0] * len(known), max_length=self.max_length
+                          ).to(self.device)
+        rows, where = _rows(batch), []  # the edit rows first; where[j]: the row of probe batch row j
+        for j, row in enumerate(_rows(pb)):
+            e = probes[j][0] if j < len(probes) else -1
+            if e >= 0 and all(torch.equal(a, b) for a, b in zip(row, rows[e])):
+                where.append(e)
+            else:
+                where.append(len(rows))
+                rows.append(row)
+        prefixes = [self._prefix_len(rec, rows[e][0]) if self.method.trained else () for e, rec in enumerate(records)]
+        hidden = self._lower(rows, prefixes + [()] * (len(rows) - len(records)))
+        stamp = self._stamp
+        # top-k next tokens: the distribution at a probe's first answer position, unless its prompt
+        # was cut to max_length (then asked of the whole model, before and after).
+        asked = [j for j, (_, p) in enumerate(probes) if top_k > 0 and p.kind != "edit_input"]
+        whole = [j for j in asked if not self._whole_prompt(probes[j][1].text, infos[probes[j][0]].request.target)]
+        from_pass = [j for j in asked if j not in whole]
+        top = {where[j]: top_k for j in from_pass}
         with torch.no_grad():
-            hidden = self.editable.lower(batch)
-            for info, loss in zip(infos, self.editable.answer_nll(batch, hidden).tolist()):  # pre-edit loss
-                info.pre_loss = float(loss)
+            finals_before = upper_packed(self.editable.split, hidden)  # scored with the post-edit pass below
+        whole_before = {j: self.next_tokens(probes[j][1].text, top_k) for j in whole}
+        self._generate(infos, loc, False, max_new_tokens, locality_tokens)
+
+        edit_hidden = hidden[0].new_zeros(len(batch), batch.input_ids.shape[1], hidden[0].shape[-1])
+        for e in range(len(batch)):
+            edit_hidden[e, : len(hidden[e])] = hidden[e]
         with torch.enable_grad():  # locate-then-edit methods optimise; MEND's transform needs no graph
-            edits = self.make_edits(batch, hidden)
+            edits = self.make_edits(batch, edit_hidden)
         handle = self.editable.apply(edits)
         try:
-            self._measure(infos, after=True, max_new_tokens=max_new_tokens, top_k=top_k)
-            self._measure_locality(loc, after=True, max_new_tokens=locality_tokens)
+            if lower_stamp(self.editable.split) != stamp:  # an edit below the split: the lower states changed
+                hidden = self._lower(rows, [()] * len(rows))
+            with torch.no_grad():
+                finals_after = upper_packed(self.editable.split, hidden)
+            (before, tops_before), (after, tops_after) = self._score([finals_before, finals_after], rows, top)
+            whole_after = {j: self.next_tokens(probes[j][1].text, top_k) for j in whole}
+            self._fill(probes, known, where, before, {j: tops_before[where[j]] for j in from_pass}
+                       | whole_before, after=False)
+            for e, info in enumerate(infos):  # the pre-edit loss: mean NLL of the edit row's answer tokens
+                info.pre_loss = float(-before[e].sum() / before[e].numel())
+            self._fill(probes, known, where, after, {j: tops_after[where[j]] for j in from_pass}
+                       | whole_after, after=True)
+            self._generate(infos, loc, True, max_new_tokens, locality_tokens)
         except BaseException:
             handle.revert()
             raise
         return EditResult(self, infos, edits, handle, loc)
+
+    @staticmethod
+    def _fill(probes, known, where, lps, tops: dict[int, list], after: bool) -> None:
+        """Write one side's P(target) and top-k next tokens (`tops`, by probe) into the probes and
+        the locality prompts."""
+        for j, (_, p) in enumerate(probes):
+            tp = lps[where[j]].exp().tolist()
+            joint = float(torch.tensor(tp, dtype=torch.float64).prod())
+            if after:
+                p.p_after, p.token_p_after = joint, tp
+            else:
+                p.p_before, p.token_p_before = joint, tp
+            if j in tops:
+                if after:
+                    p.top_after = tops[j]
+                else:
+                    p.top_before = tops[j]
+        for j, p in enumerate(known, len(probes)):
+            joint = float(torch.tensor(lps[where[j]].exp().tolist(), dtype=torch.float64).prod())
+            if after:
+                p.p_after = joint
+            else:
+                p.p_before = joint
+
+    def _whole_prompt(self, prompt: str, target: str) -> bool:
+        """encode_pairs kept every token of `prompt` (it cuts over-long prompts from the left)."""
+        p = len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        a = len(self.tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"])
+        return p + min(a, max(1, self.max_length - 1)) <= self.max_length
 
 
 # ----------------------------------------------------------------------------------------- load

@@ -87,6 +87,76 @@ def test_edit_raises_target_probability_and_revert_is_exact(editor):
         assert torch.equal(p, weights[n]), n
 
 
+def whole_model_probs(editor, prompt, target):
+    """P(target tokens) from one plain forward of the whole model: what the API's packed passes
+    (editor/packed.py, the LM head at the answer positions) must reproduce."""
+    tok = editor.tokenizer
+    p = tok(prompt)["input_ids"]
+    a = tok(" " + target.strip(), add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        lp = torch.log_softmax(editor.model(input_ids=torch.tensor([p + a])).logits[0].float(), -1)
+    return [float(lp[len(p) - 1 + j, t].exp()) for j, t in enumerate(a)]
+
+
+def test_probes_match_the_whole_model_before_and_after(editor):
+    # One instruction for both requests: their edit inputs share its template prefix (cached).
+    ins = "Give the new answer to the question below."
+    reqs = [EditRequest("The color of vbz is", "gold", rephrases=["The metal of vbz is"], instruction=ins),
+            EditRequest("The beast of kmt is", "wolf", instruction=ins)]
+
+    def expected():
+        return [[(whole_model_probs(editor, p.text, info.request.target),
+                  editor.next_tokens(p.text, 3) if p.kind != "edit_input" else []) for p in info.probes]
+                for info in result]
+
+    result = editor.edit(reqs, top_k=3)
+    try:
+        after = expected()
+        result.revert()
+        before = expected()
+    finally:
+        result.revert()
+    split = editor.editable.split
+    assert split.shared_hits + split.shared_misses >= 1  # the instruction prefix: cut off, run once, kept
+    for info, exp_before, exp_after in zip(result, before, after):
+        assert info.probes[0].kind == "edit_input"
+        for p, (tp_b, top_b), (tp_a, top_a) in zip(info.probes, exp_before, exp_after):
+            assert p.token_p_before == pytest.approx(tp_b, rel=1e-4, abs=1e-7), p.text
+            assert p.token_p_after == pytest.approx(tp_a, rel=1e-4, abs=1e-7), p.text
+            assert [t for t, _ in p.top_before] == [t for t, _ in top_b]
+            assert [t for t, _ in p.top_after] == [t for t, _ in top_a]
+            assert [v for _, v in p.top_after] == pytest.approx([v for _, v in top_a], rel=1e-4)
+        nll = -sum(torch.tensor(info.probe("edit_input").token_p_before).log().tolist())
+        assert info.pre_loss == pytest.approx(nll / len(info.probe("edit_input").token_p_before), rel=1e-4)
+
+
+def test_a_lower_weight_changed_in_place_is_not_served_from_the_prefix_cache(editor):
+    ins = "Give the new answer to the question below."
+    req = EditRequest("The color of vbz is", "gold", instruction=ins)
+    editor.edit(req).revert()  # the instruction prefix is cached now
+    w = editor.editable.split.blocks[0].mlp.up_proj.weight  # below the edited blocks (another method's edit)
+    with torch.no_grad():
+        w.mul_(1.5)
+    try:
+        with editor.edit(req) as result:
+            p = result[0].probe("edit_input")
+            result.revert()
+            assert p.token_p_before == pytest.approx(whole_model_probs(editor, p.text, "gold"), rel=1e-4, abs=1e-7)
+    finally:
+        with torch.no_grad():
+            w.div_(1.5)
+
+
+def test_top_k_of_a_prompt_cut_to_max_length_comes_from_the_whole_prompt(editor, monkeypatch):
+    prompt = "The color of vbz is gold, and the metal of vbz is"  # byte tokens: longer than 20
+    expected = editor.next_tokens(prompt, 3)
+    monkeypatch.setattr(editor, "max_length", 20)  # the probe row keeps the prompt's last tokens only
+    with editor.edit(EditRequest(prompt, "iron"), top_k=3) as result:
+        p = result[0].probe("prompt")
+        assert p.top_before == expected
+        assert p.top_after == editor.next_tokens(prompt, 3)
+
+
 def test_context_manager_reverts_and_single_request(editor):
     before = logits(editor)
     with editor.edit(EditRequest("The metal of zzk is", "iron"), max_new_tokens=4, top_k=3) as result:
