@@ -77,6 +77,7 @@ def test_evaluate_command(tmp_path, tracking_uri, shared_data, capsys):
     assert "Pre-edit" in printed and "InstructEdit" in printed
     md = (evals / "table.md").read_text()  # per-case folders: intervals, seeds aggregated
     assert "| zsre | reliability | 2 |" in md and "| zsre | reliability_instructed | 2 |" in md
+    assert "## Instructed - plain probes, paired (per method)" in md  # the gap of every method
     # An experiment's Table 3 is the report's (the analysis layer): evaluate points there in one line.
     capsys.readouterr()
     assert main(["evaluate", "--compare-table", "instructedit"]) == 2

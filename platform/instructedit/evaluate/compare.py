@@ -111,6 +111,43 @@ def paired_difference(df: pd.DataFrame, a: str, b: str, task: str, metric: str) 
     return stats.paired(ma, mb)
 
 
+def instruction_gap(df: pd.DataFrame, method: str, task: str, metric: str) -> stats.Estimate | None:
+    """mean(`metric`_instructed) - mean(`metric`) of one method on `task`, paired over the cases
+    that have both: what putting the task instruction on the probe adds. An editor whose edits
+    lean on the instruction has a large gap; one that holds where users ask (plain), a small one."""
+    inst = metric + "_instructed"
+    sub = df[(df["method"] == method) & (df["task"] == task)]
+    if sub.empty or metric not in sub or inst not in sub or sub[metric].isna().all() or sub[inst].isna().all():
+        return None
+    cases = sorted(set(sub.loc[sub[metric].notna(), "case_id"]) & set(sub.loc[sub[inst].notna(), "case_id"]))
+    if not cases:
+        return None
+    a, _ = _matrix(sub, inst, cases)
+    b, _ = _matrix(sub, metric, cases)
+    return stats.paired(a, b)
+
+
+def gap_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = None,
+              methods: list[str] | None = None) -> str:
+    """Markdown: per task and plain metric that has an instructed variant, each method's
+    instructed - plain difference with its paired 95% interval and n ("" when no metric has both)."""
+    tasks = tasks or order_tasks(df["task"].unique())
+    methods = methods or methods_in_order(df)
+    plain = [m for m in order(metrics) if not m.endswith("_instructed") and m + "_instructed" in df]
+    lines = []
+    for t in tasks:
+        for m in plain:
+            gaps = [instruction_gap(df, method, t, m) for method in methods]
+            if any(g is not None and g.n for g in gaps):
+                n = max(g.n for g in gaps if g is not None)
+                lines.append(f"| {t} | {m} | {n} | " + " | ".join(fmt(g, m) if g is not None and g.n else "–"
+                                                                 for g in gaps) + " |")
+    if not lines:
+        return ""
+    return "\n".join(["| task | metric | n | " + " | ".join(methods) + " |",
+                      "|---|---|---:|" + "---:|" * len(methods)] + lines)
+
+
 def methods_in_order(df: pd.DataFrame) -> list[str]:
     """The method registry's order of the methods present (display names), others after."""
     from ..editor.methods import METHODS  # torch-free registry

@@ -273,6 +273,11 @@ def compare_folder(src: str | Path) -> tuple[str, Path]:
     for a, b in COMPARE_PAIRS:
         if {a, b} <= present:
             text += f"\n\n## {a} - {b}, paired\n\n" + compare.difference_table(df, a, b, list(TABLE_METRICS))
+    gaps = compare.gap_table(df, list(TABLE_METRICS))
+    if gaps:
+        # The headline metrics are plain; this says how much of each method's edit success needs
+        # the instruction on the probe (instructed - plain, per method, paired over its cases).
+        text += "\n\n## Instructed - plain probes, paired (per method)\n\n" + gaps
     path = src / "table.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text + "\n")

@@ -122,3 +122,25 @@ def test_n_is_per_metric_when_a_probe_exists_for_some_records_only():
     assert "| recent | reliability | 4 |" in text and "| recent | portability | 2 |" in text
     wide = compare.interval_table(df, ["reliability", "portability"])
     assert "recent reliability (n=4)" in wide and "recent portability (n=2)" in wide
+
+
+def test_instruction_gap_is_paired_within_a_method(tmp_path):
+    # InstructEdit: instructed probes always right, plain right on 15 of 40 -> gap 25/40;
+    # Pre-edit: instructed = plain -> gap exactly 0 with a zero-width interval.
+    rows = lambda rel, inst: [{"case_id": f"c{i}", "task": "zsre", "reliability": float(r),
+                               "reliability_instructed": float(s)} for i, (r, s) in enumerate(zip(rel, inst))]
+    for name, method, rel, inst in (("ie", "InstructEdit", [1.0] * 15 + [0.0] * 25, [1.0] * 40),
+                                    ("pre", "Pre-edit", [0.0, 1.0] * 20, [0.0, 1.0] * 20)):
+        d = tmp_path / name
+        d.mkdir()
+        pd.DataFrame(rows(rel, inst)).to_parquet(d / "cases.parquet")
+        (d / "run.json").write_text(json.dumps({"tags": {"method": method}}))
+    df = compare.read_cases(tmp_path)
+    g = compare.instruction_gap(df, "InstructEdit", "zsre", "reliability")
+    assert g.mean == pytest.approx(25 / 40) and g.n == 40 and g.ci_low > 0.4
+    z = compare.instruction_gap(df, "Pre-edit", "zsre", "reliability")
+    assert z.mean == 0 and z.ci_low == 0 and z.ci_high == 0
+    table = compare.gap_table(df, ["reliability", "reliability_instructed", "locality"])
+    assert table.splitlines()[0] == "| task | metric | n | Pre-edit | InstructEdit |"
+    assert table.splitlines()[2].startswith("| zsre | reliability | 40 | 0 [0, 0] | 62")
+    assert compare.gap_table(df, ["locality"]) == ""  # no instructed variant: no table
