@@ -68,6 +68,9 @@ def add_arguments(p) -> None:
                    help="print and write DIR/table.md, the comparison of the evaluations under DIR (alone, or "
                    "after this evaluation)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--label", default="", metavar="NAME",
+                   help="row name of this evaluation in --compare-table (default: the method's name; "
+                        "names variants of one method apart)")
 
 
 def _tasks(values) -> tuple[str, ...]:
@@ -91,7 +94,8 @@ def request(args):
         out=args.out, max_records=args.max_records, batch_size=args.batch_size, max_length=args.max_length,
         sequential=args.sequential, workers=args.workers, device=args.device, data_dir=args.data_dir,
         prepared_dir=args.prepared_dir, seed=args.seed, tracking_uri=args.tracking_uri,
-        experiment=args.experiment, new_run=args.new_run, log=not args.no_log, progress=not args.quiet)
+        experiment=args.experiment, new_run=args.new_run, log=not args.no_log, progress=not args.quiet,
+        label=args.label)
 
 
 def run(args) -> int:

@@ -41,7 +41,8 @@ def read_cases(root: str | Path) -> pd.DataFrame:
             continue
         df = df.copy()
         df["edit_success"] = [edit_success(r) for r in df.to_dict("records")]
-        df["method"] = tags.get("method") or path.parent.name
+        # a label names variants of one method apart (e.g. two InstructEdit configs in one table)
+        df["method"] = tags.get("label") or tags.get("method") or path.parent.name
         df["seed"] = str(tags.get("seed", ""))
         df["source"] = str(path.parent)
         frames.append(df)

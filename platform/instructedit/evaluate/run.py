@@ -52,6 +52,7 @@ class EvalRequest:
     new_run: bool = False
     log: bool = True
     progress: bool = True
+    label: str = ""  # the row name in comparison tables (tag `label`); "" = the method's name
 
     @property
     def has_target(self) -> bool:
@@ -130,6 +131,8 @@ def plan(req: EvalRequest) -> EvalPlan:
         extra = {}
     tasks = list(dict.fromkeys(req.tasks or defaults))
     tags["instruction_setting"] = setting
+    if req.label:
+        tags["label"] = req.label
     out = Path(req.out or Path("evals") / name / f"{req.split}-{setting.replace(':', '_')}")
     return EvalPlan(req, target, tasks, setting, instructed_edit, out, tags, **extra)
 

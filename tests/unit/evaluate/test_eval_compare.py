@@ -144,3 +144,21 @@ def test_instruction_gap_is_paired_within_a_method(tmp_path):
     assert table.splitlines()[0] == "| task | metric | n | Pre-edit | InstructEdit |"
     assert table.splitlines()[2].startswith("| zsre | reliability | 40 | 0 [0, 0] | 62")
     assert compare.gap_table(df, ["locality"]) == ""  # no instructed variant: no table
+
+
+def test_a_label_names_variants_of_one_method_apart(tmp_path):
+    for name, label in (("a", "InstructEdit (outer loss)"), ("b", "")):
+        d = tmp_path / name
+        d.mkdir()
+        pd.DataFrame([{"case_id": "c0", "task": "zsre", "reliability": 1.0}]).to_parquet(d / "cases.parquet")
+        tags = {"method": "InstructEdit", **({"label": label} if label else {})}
+        (d / "run.json").write_text(json.dumps({"tags": tags}))
+    assert sorted(compare.read_cases(tmp_path)["method"]) == ["InstructEdit", "InstructEdit (outer loss)"]
+
+
+def test_evaluate_label_is_a_tag(tmp_path):
+    from instructedit.evaluate.run import EvalRequest, plan
+
+    p = plan(EvalRequest(baseline="pre-edit", model="tiny-llama", label="pre (tiny)", out=str(tmp_path)))
+    assert p.tags["label"] == "pre (tiny)"
+    assert "label" not in plan(EvalRequest(baseline="pre-edit", model="tiny-llama", out=str(tmp_path))).tags
