@@ -175,6 +175,10 @@ class TrainConfig:
     # pays from the second epoch, and until full it grows the worker's memory by ~1 GB per epoch
     # of SmolLM2 rows (benchmarks/train_memory.py); turn it on for many-epoch runs with RAM to spare.
     hidden_cache_mb: float = 0
+    # torch threads of each training worker; 0 = the cores of its node shared among the run's workers
+    # on that node. Ray sets OMP_NUM_THREADS=1 in a worker holding 1 CPU, which left one of the
+    # node's cores idle (a SmolLM2 step took ~2x as long); set it when trials run side by side.
+    torch_threads: int = 0
     sentiment_sentences: int = 1  # ConvSent good and bad sentences per edit in a training step
     # Learning-rate schedule of the hypernetwork, one factor applied to both Adam groups (the
     # transform's lr and the edit learning rates' lr_lr): linear warm-up over warmup_steps, then
@@ -187,6 +191,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.lr_decay not in ("none", "linear", "cosine"):
             raise ConfigError(f"train.lr_decay must be one of none|linear|cosine, got {self.lr_decay!r}")
+        if self.torch_threads < 0:
+            raise ConfigError(f"train.torch_threads must be >= 0 (0 = the node's cores), got {self.torch_threads!r}")
         if self.warmup_steps < 0:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

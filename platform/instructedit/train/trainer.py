@@ -239,6 +239,15 @@ def system_metrics(device: torch.device) -> dict[str, float]:
     return out
 
 
+def worker_threads(configured: int, local_workers: int) -> int:
+    """train.torch_threads, or (0) the cores this process may use split among the run's workers
+    on the node: Ray's OMP_NUM_THREADS=1 for a 1-CPU worker would leave the other cores idle."""
+    if configured:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_workers))
+
+
 def _train_worker(config: dict) -> dict:
     import ray.train
     import ray.train.torch
@@ -248,6 +257,7 @@ def _train_worker(config: dict) -> dict:
     rank = ctx.get_world_rank()
     hooks_cfg: WorkerHooks = config.get("worker_hooks") or WorkerHooks()
     device = ray.train.torch.get_device()
+    torch.set_num_threads(worker_threads(cfg.train.torch_threads, ctx.get_local_world_size()))
     autocast = torch.bfloat16 if device.type == "cuda" else None
     train_records = _dataset_records("train")
     val_records = _dataset_records("val")

@@ -111,3 +111,17 @@ def test_shipped_demo_config_loads():
     assert cfg.model == "smollm2-135m" and cfg.mode == "instructedit" and "zsre" in cfg.data.hold_out
     assert cfg.train.batch_size % cfg.train.num_workers == 0
     assert Path(cfg.train.storage_path or "runs")
+
+
+def test_worker_threads_use_the_node_cores_not_rays_one(monkeypatch):
+    # Ray sets OMP_NUM_THREADS=1 in a 1-CPU worker; 0 (the default) gives each of the run's workers
+    # on a node its share of that node's cores, a set value wins.
+    from instructedit.config import ConfigError, TrainConfig
+    from instructedit.train.trainer import worker_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert worker_threads(0, 1) == 8 and worker_threads(0, 2) == 4 and worker_threads(0, 16) == 1
+    assert worker_threads(3, 2) == 3
+    assert TrainConfig().torch_threads == 0
+    with pytest.raises(ConfigError, match="train.torch_threads"):
+        TrainConfig(torch_threads=-1)
