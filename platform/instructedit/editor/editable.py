@@ -76,24 +76,32 @@ class EditableModel:
     def lower(self, batch: TokenBatch) -> torch.Tensor:
         return self.split.lower(batch.input_ids, batch.attention_mask, batch.prefixes)
 
+    def _upper(self, batch: TokenBatch, h: torch.Tensor, row_edit: torch.Tensor, shared: bool) -> torch.Tensor:
+        """`shared`: rows with the same edit and a shared prefix (batch.prefixes) run the upper
+        blocks over it once (SplitModel.upper); evaluation only (no autograd capture)."""
+        if shared and batch.prefixes is not None:
+            return self.split.upper(h, batch.attention_mask, batch.prefixes, batch.input_ids, row_edit)
+        return self.split.upper(h, batch.attention_mask)
+
     def answer_logits(self, batch: TokenBatch, hidden: torch.Tensor | None = None,
-                      edits: Edits | None = None, row_edit: torch.Tensor | None = None) -> torch.Tensor:
+                      edits: Edits | None = None, row_edit: torch.Tensor | None = None,
+                      shared_upper: bool = False) -> torch.Tensor:
         """Logits at the answer positions of `batch` (n_sel, vocab), with edits applied if given."""
         h = self.lower(batch) if hidden is None else hidden
-        ctx = patched(self.layers, edits, batch.row_edit if row_edit is None else row_edit) if edits \
-            else contextlib.nullcontext()
+        row_edit = batch.row_edit if row_edit is None else row_edit
+        ctx = patched(self.layers, edits, row_edit) if edits else contextlib.nullcontext()
         with ctx:
-            final = self.split.upper(h, batch.attention_mask)
+            final = self._upper(batch, h, row_edit, shared_upper)
         return self.split.logits(final, batch.answer_mask)
 
     def answer_logprobs(self, batch: TokenBatch, hidden: torch.Tensor | None = None, edits: Edits | None = None,
-                        slice_tokens: int = 1024) -> torch.Tensor:
+                        slice_tokens: int = 1024, shared_upper: bool = False) -> torch.Tensor:
         """Log-probability of each answer token (n_sel,), the LM head run `slice_tokens` positions
         at a time: never more than that many positions' vocabulary logits in memory."""
         h = self.lower(batch) if hidden is None else hidden
         ctx = patched(self.layers, edits, batch.row_edit) if edits else contextlib.nullcontext()
         with ctx:
-            final = self.split.upper(h, batch.attention_mask)
+            final = self._upper(batch, h, batch.row_edit, shared_upper)
         sel = final[batch.answer_mask.to(final.device)]
         ids = batch.answer_ids[batch.answer_mask].to(final.device)
         return torch.cat([losses.token_logprobs(self.split.logits(sel[i: i + slice_tokens]), ids[i: i + slice_tokens])

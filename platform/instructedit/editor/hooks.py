@@ -63,6 +63,21 @@ class LowRankEdit:
         return torch.einsum("eto,eti->oi", self.D, self.U)
 
 
+_ROWS: list[torch.Tensor] = []  # rows_of(): the rows of the patched batch a forward runs, innermost last
+
+
+@contextlib.contextmanager
+def rows_of(index: torch.Tensor) -> Iterator[None]:
+    """Inside, a forward under `patched` runs rows `index` of the patched batch, in that order (row
+    j of the forward gets edit row_edit[index[j]]): SplitModel.upper runs a batch's shared prefixes
+    and its groups of rows as forwards of their own."""
+    _ROWS.append(index)
+    try:
+        yield
+    finally:
+        _ROWS.pop()
+
+
 @contextlib.contextmanager
 def patched(
     modules: dict[str, nn.Module], edits: dict[str, LowRankEdit], row_edit: torch.Tensor
@@ -76,7 +91,8 @@ def patched(
 
         def hook(_mod, args, output):
             x = args[0]
-            return output + torch.bmm(torch.bmm(x, U.transpose(1, 2)), D)
+            u, d = (U, D) if not _ROWS else (U.index_select(0, _ROWS[-1]), D.index_select(0, _ROWS[-1]))
+            return output + torch.bmm(torch.bmm(x, u.transpose(1, 2)), d)
 
         return hook
 

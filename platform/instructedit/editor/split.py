@@ -29,6 +29,98 @@ from ..config import ModelConfig
 from ..models import get_module
 
 
+# A batched forward costs about this many tokens' work beyond its padded tokens (per-call overhead,
+# smaller matrix products): `tail_groups` splits rows only where that saves more padding.
+CALL_TOKENS = 32
+
+
+def tail_groups(lengths: Sequence[int], call_tokens: int = CALL_TOKENS) -> list[list[int]]:
+    """Row indices grouped for batched forwards of right-padded rows of these lengths: sorted by
+    length, cut where the padding saved outweighs a forward's overhead (`call_tokens`), i.e. the
+    partition minimising sum(call_tokens + rows x longest). The rows that continue a cached prefix
+    differ in length much more than whole rows (a chunk is sorted by whole-row length, and the
+    prefixes cut off differ), so one padded batch of them was ~1.5x their real tokens (ConvSent)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if not order:
+        return []
+    distinct: list[int] = []  # distinct lengths, ascending, and the rows up to each
+    upto: list[int] = []
+    for k, i in enumerate(order):
+        if distinct and distinct[-1] == lengths[i]:
+            upto[-1] = k + 1
+        else:
+            distinct.append(lengths[i])
+            upto.append(k + 1)
+    best = [0.0] * (len(distinct) + 1)  # best[j]: cost of the rows of the j shortest lengths
+    start = [0] * (len(distinct) + 1)
+    for j in range(1, len(distinct) + 1):
+        best[j], start[j] = min((best[i] + call_tokens + (upto[j - 1] - (upto[i - 1] if i else 0)) * distinct[j - 1], i)
+                                for i in range(j))
+    groups: list[list[int]] = []
+    j = len(distinct)
+    while j:
+        i = start[j]
+        groups.append(order[(upto[i - 1] if i else 0): upto[j - 1]])
+        j = i
+    return groups[::-1]
+
+
+def _attending(cut: list[int], lens: list[int], kvs: list[list | None], first_layer: int, dtype, dev):
+    """Inputs of one batched forward of rows continuing cached prefixes: row i's `lens[i]` tokens
+    after its first `cut[i]`, attending to the prefix's keys/values `kvs[i]` (per layer from
+    `first_layer` on: (heads, cut, head_dim)). Returns position ids (n, ls), the cache (the prefixes'
+    keys/values left-padded to the longest cut; None if no row has one) and the attention mask:
+    additive (n, 1, ls, kp + ls) over prefix + row (prepared masks pass through as they are), or
+    a plain (n, ls) one without a cache."""
+    n, kp, ls = len(cut), max(cut), max(lens)
+    pos = torch.tensor(cut)[:, None] + torch.arange(ls)[None]
+    seen = torch.zeros((n, kp + ls), dtype=torch.bool)  # which cache slots hold a real token
+    for i, (c, m) in enumerate(zip(cut, lens)):
+        seen[i, kp - c: kp + m] = True
+    pos, seen = pos.to(dev), seen.to(dev)
+    if not kp:
+        return pos, None, seen.long()
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    ref = next(kv for kv in kvs if kv is not None)
+    for layer, (k0, v0) in enumerate(ref):
+        k = k0.new_zeros(n, k0.shape[0], kp, k0.shape[-1])
+        v = v0.new_zeros(n, v0.shape[0], kp, v0.shape[-1])
+        for i, kv in enumerate(kvs):
+            if kv is not None and cut[i]:
+                k[i, :, kp - cut[i]:], v[i, :, kp - cut[i]:] = kv[layer]
+        cache.update(k, v, first_layer + layer)
+    causal = torch.ones(ls, kp + ls, dtype=torch.bool, device=dev).tril(kp)
+    allowed = causal[None] & seen[:, None, :]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)
+    return pos, cache, mask[:, None]
+
+
+def _upper_plan(input_ids: torch.Tensor, attention_mask: torch.Tensor, prefixes, row_edit) -> tuple | None:
+    """Per row, where its upper states may come from another row's prefix pass: (cut, reps), row
+    i's first cut[i] positions shared with row reps[i] (the first row with the same edit and ids up
+    to there), the longest of its cuts that another row of the batch shares; None if no row
+    shares one."""
+    lengths = attention_mask.sum(1).tolist()
+    edit = row_edit.tolist() if row_edit is not None else [0] * len(lengths)
+    bounds = [sorted({b for b in bs if 0 < b < n}, reverse=True) for bs, n in zip(prefixes, lengths)]
+    keys = [[(edit[i], tuple(input_ids[i, :b].tolist())) for b in bs] for i, bs in enumerate(bounds)]
+    owner: dict[tuple, int] = {}
+    count: dict[tuple, int] = {}
+    for i, ks in enumerate(keys):
+        for k in ks:
+            owner.setdefault(k, i)
+            count[k] = count.get(k, 0) + 1
+    cut, reps = [0] * len(lengths), list(range(len(lengths)))
+    for i, (bs, ks) in enumerate(zip(bounds, keys)):
+        for b, k in zip(bs, ks):
+            if count[k] > 1:
+                cut[i], reps[i] = b, owner[k]
+                break
+    return (cut, reps) if any(cut) else None
+
+
 @dataclass
 class _Prefix:
     hidden: torch.Tensor  # (n, d) hidden states entering block split_at
@@ -200,40 +292,28 @@ class SplitModel:
                               chosen, want_kv)
 
     def _continue(self, rows, heads: list[_Prefix | None], cut: list[int], want_kv: bool):
+        """The lower forward of each row's tokens after `cut`, attending to its prefix: rows
+        grouped by the length of what is left (`tail_groups`), one batched forward a group."""
+        out: list = [None] * len(rows)
+        for g in tail_groups([len(r) - c for r, c in zip(rows, cut)]):
+            for i, res in zip(g, self._continue_group([rows[i] for i in g], [heads[i] for i in g],
+                                                      [cut[i] for i in g], want_kv)):
+                out[i] = res
+        return out
+
+    def _continue_group(self, rows, heads: list[_Prefix | None], cut: list[int], want_kv: bool):
         """One batched lower forward of each row's tokens after `cut`, attending to its prefix."""
         n, kp = len(rows), max(cut)
         tails = [r[c:] for r, c in zip(rows, cut)]
         ls = max(len(t) for t in tails)
         dev = next(self.backbone.parameters()).device
         ids = torch.zeros((n, ls), dtype=torch.long)
-        pos = torch.zeros((n, ls), dtype=torch.long)
-        seen = torch.zeros((n, kp + ls), dtype=torch.bool)  # which cache slots hold a real token
-        for i, (t, c) in enumerate(zip(tails, cut)):
+        for i, t in enumerate(tails):
             ids[i, : len(t)] = torch.tensor(t)
-            pos[i] = c + torch.arange(ls)
-            seen[i, kp - c: kp + len(t)] = True
-        ids, pos, seen = ids.to(dev), pos.to(dev), seen.to(dev)
-        cache = None
-        if kp:
-            from transformers import DynamicCache
-
-            cache = DynamicCache()
-            ref = next(h for h in heads if h is not None)
-            for layer, (k0, v0) in enumerate(ref.kv):
-                k = k0.new_zeros(n, k0.shape[0], kp, k0.shape[-1])
-                v = v0.new_zeros(n, v0.shape[0], kp, v0.shape[-1])
-                for i, h in enumerate(heads):
-                    if h is not None:
-                        k[i, :, kp - cut[i]:], v[i, :, kp - cut[i]:] = h.kv[layer]
-                cache.update(k, v, layer)
-            causal = torch.ones(ls, kp + ls, dtype=torch.bool, device=dev).tril(kp)
-            allowed = causal[None] & seen[:, None, :]
-            dtype = ref.hidden.dtype
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)
-            mask = mask[:, None]  # (n, 1, ls, kp + ls), additive: prepared masks pass through as they are
-        else:
-            mask = seen.long()
-        hidden, out = self._lower_out(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+        dtype = next(h for h in heads if h is not None).hidden.dtype if kp else torch.float32
+        pos, cache, mask = _attending(cut, [len(t) for t in tails], [h.kv if h is not None else None for h in heads],
+                                      0, dtype, dev)
+        hidden, out = self._lower_out(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos, cache=cache,
                                       use_cache=want_kv or cache is not None)
         result = []
         for i, (t, h) in enumerate(zip(tails, heads)):
@@ -270,8 +350,21 @@ class SplitModel:
                                 use_cache=True)
         return out.last_hidden_state, out.cache
 
-    def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Final (normed) hidden states from the lower hidden states, through blocks split_at.."""
+    def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor, prefixes: Sequence[Sequence[int]] | None = None,
+              input_ids: torch.Tensor | None = None, row_edit: torch.Tensor | None = None) -> torch.Tensor:
+        """Final (normed) hidden states from the lower hidden states, through blocks split_at..
+
+        With `prefixes` (per row, cut points as in `lower`), `input_ids` and `row_edit` (the edit
+        each row gets; all rows the same without edits): rows with the same edit and the same ids
+        up to a cut (ConvSent: the ~20 sentences of a record after its topic question) have the
+        same upper states there, so that prefix runs once and the rows' remaining tokens attend to
+        its keys/values (under `hooks.patched`, each forward gets its own rows' edits through
+        `hooks.rows_of`). Positions after a row's length are zeros, not padding states. No autograd
+        capture inside (evaluation only)."""
+        if prefixes is not None and input_ids is not None and any(prefixes):
+            plan = _upper_plan(input_ids, attention_mask, prefixes, row_edit)
+            if plan is not None:
+                return self._upper_shared(hidden, attention_mask, *plan)
         embeds = hidden
         if self.pos_emb is not None:
             # GPT-2 adds learned positions to inputs_embeds; they are already in `hidden`.
@@ -280,6 +373,51 @@ class SplitModel:
         with self._blocks(list(self.blocks[self.split_at:])):
             out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
+
+    def _upper_shared(self, hidden: torch.Tensor, attention_mask: torch.Tensor, cut: list[int],
+                      reps: list[int]) -> torch.Tensor:
+        """`upper` of rows whose first cut[i] positions equal those of row reps[i]'s prefix."""
+        from .hooks import rows_of
+
+        dev = hidden.device
+        lengths = attention_mask.sum(1).tolist()
+        blocks = list(self.blocks[self.split_at:])
+        first = sorted(set(r for r, c in zip(reps, cut) if c))  # one row per distinct prefix
+        cp = max(cut)
+        pmask = torch.zeros(len(first), cp, dtype=torch.long, device=dev)
+        for j, r in enumerate(first):
+            pmask[j, : cut[r]] = 1
+        ppos = torch.arange(cp, device=dev)[None].expand(len(first), cp)
+        idx = torch.tensor(first, dtype=torch.long, device=dev)
+        with rows_of(idx), self._blocks(blocks):
+            out = self.backbone(inputs_embeds=self._embeds(hidden[idx, :cp], ppos), attention_mask=pmask,
+                                position_ids=ppos, use_cache=True)
+        layers = out.cache.layers[self.split_at:]
+        prefix = {r: (out.last_hidden_state[j], [(layer.keys[j], layer.values[j]) for layer in layers])
+                  for j, r in enumerate(first)}
+        final = hidden.new_zeros(hidden.shape[0], hidden.shape[1], hidden.shape[-1])
+        tails = [n - c for n, c in zip(lengths, cut)]
+        for g in tail_groups(tails):
+            gc, gt = [cut[i] for i in g], [tails[i] for i in g]
+            kvs = [[(k[:, : c], v[:, : c]) for k, v in prefix[reps[i]][1]] if c else None for i, c in zip(g, gc)]
+            pos, cache, mask = _attending(gc, gt, kvs, self.split_at, hidden.dtype, dev)
+            ls = max(gt)
+            x = hidden.new_zeros(len(g), ls, hidden.shape[-1])
+            for j, (i, c, t) in enumerate(zip(g, gc, gt)):
+                x[j, :t] = hidden[i, c: c + t]
+            gi = torch.tensor(g, dtype=torch.long, device=dev)
+            with rows_of(gi), self._blocks(blocks):
+                h = self.backbone(inputs_embeds=self._embeds(x, pos), attention_mask=mask, position_ids=pos,
+                                  cache=cache, use_cache=cache is not None).last_hidden_state
+            for j, (i, c, t) in enumerate(zip(g, gc, gt)):
+                if c:
+                    final[i, :c] = prefix[reps[i]][0][:c]
+                final[i, c: c + t] = h[j, :t]
+        return final
+
+    def _embeds(self, hidden: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """inputs_embeds giving `hidden` after the backbone adds learned positions (GPT-2)."""
+        return hidden - self.pos_emb(pos) if self.pos_emb is not None else hidden
 
     def logits(self, final_hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """LM-head logits, only where `mask` is True (answer positions): (n_selected, vocab)."""

@@ -109,7 +109,8 @@ class BatchedForward:
         chunks, order = self._chunks(batch)
         if not self.edits and kind in self._same:  # no edits (pre-edit model): post is pre
             return self._same[kind]
-        parts = [fn(sub, h, self.edits if post else None) for sub, h in chunks]
+        # shared prefixes also through the upper blocks (rows of one edit continuing one prompt)
+        parts = [fn(sub, h, self.edits if post else None, shared_upper=self.share_prefixes) for sub, h in chunks]
         flat = torch.cat(parts)
         out = torch.empty_like(flat)
         out[order.to(flat.device)] = flat
