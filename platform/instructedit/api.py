@@ -457,7 +457,6 @@ class BoundEditor:
         self.instruction_setting: str = data.get("instruction_setting", "") if method.trained else "none"
         self.instruction_set: str = data.get("instruction_set", "")
         self.resolved: Resolved | None = None  # how load_editor found the checkpoint
-        self._prefix_ids: dict[str, list[int]] = {}  # instruction template text -> its token ids
         self._stamp: tuple | None = None  # the lower weights the split's prefix cache was filled under
 
     def describe(self) -> dict[str, Any]:
@@ -609,18 +608,6 @@ class BoundEditor:
             else:
                 p.before = text
 
-    def _prefix_len(self, rec: EditRecord, ids: torch.Tensor) -> tuple[int, ...]:
-        """(n,): the first n tokens of an instructed edit row are its template's text before the
-        prompt, the same for every request of the task and instruction; () unless the row's ids
-        start with that text's own ids (so the row is the same either way)."""
-        if not rec.instruction or rec.edit_input == rec.prompt or not rec.edit_input.endswith(rec.prompt):
-            return ()
-        text = rec.edit_input[: len(rec.edit_input) - len(rec.prompt)].rstrip()
-        if text not in self._prefix_ids:
-            self._prefix_ids[text] = self.tokenizer(text, add_special_tokens=True)["input_ids"]
-        pre = self._prefix_ids[text]
-        return (len(pre),) if 0 < len(pre) < len(ids) and ids[: len(pre)].tolist() == pre else ()
-
     # ------------------------------------------------------------------------- editing
     def prepare(self, requests: Iterable[EditRequest] | EditRequest
                 ) -> list[tuple[EditRequest, EditRecord, str]]:
@@ -670,7 +657,8 @@ class BoundEditor:
             else:
                 where.append(len(rows))
                 rows.append(row)
-        prefixes = [self._prefix_len(rec, rows[e][0]) if self.method.trained else () for e, rec in enumerate(records)]
+        # an instructed edit row's template text before the prompt: the split's shared prefix
+        prefixes = [(n,) if n else () for n in batch.instruction_len.tolist()]
         hidden = self._lower(rows, prefixes + [()] * (len(rows) - len(records)))
         stamp = self._stamp
         # top-k next tokens: the distribution at a probe's first answer position, unless its prompt

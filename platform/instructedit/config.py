@@ -125,10 +125,14 @@ class EditorConfig:
     # and padding, whose output gradient is exactly zero) | attention (legacy): every attended token
     token_select: str = "gradient"
     loc_positions: str = "all"  # locality KL over: all (every token of the locality sequence, MEND) | answer
+    # Which tokens of an edit row make the edit and feed the running statistics: all (every
+    # selected token) | input (not the instruction prefix: the instruction steers the transform
+    # through the context of the prompt's tokens without being part of the edit's key)
+    edit_tokens: str = "all"
 
     def __post_init__(self):
         for name, allowed in (("norm_eps_on", ("std", "var")), ("token_select", ("gradient", "attention")),
-                              ("loc_positions", ("all", "answer"))):
+                              ("loc_positions", ("all", "answer")), ("edit_tokens", ("all", "input"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"editor.{name} must be one of {'|'.join(allowed)}, got {getattr(self, name)!r}")
         if not self.norm_eps > 0:
@@ -187,6 +191,11 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_decay: str = "none"  # none | linear | cosine
     min_lr_ratio: float = 0.0  # the decayed lr at max_steps, as a fraction of the base lr
+    # The share of training edits made from the plain prompt instead of the instructed edit input
+    # (their sentiment rows plain too): each edit with this probability, drawn from the step seed
+    # (train/step.py), so the editor also learns edits that hold without the instruction.
+    # Validation and evaluation are unaffected.
+    instruction_dropout: float = 0.0
 
     def __post_init__(self):
         if self.lr_decay not in ("none", "linear", "cosine"):
@@ -197,6 +206,8 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if not 0.0 <= self.instruction_dropout <= 1.0:
+            raise ConfigError(f"train.instruction_dropout must be in [0, 1], got {self.instruction_dropout!r}")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,10 @@ class TokenBatch:
     # per row: token counts at which its leading ids may be shared with other rows (an instruction,
     # a prompt many rows continue); the lower blocks run each shared prefix once (editor/split.py)
     prefixes: list[tuple[int, ...]] | None = None
+    # (N,) per edit row: the token count of its instruction prefix (instruction_cuts), 0 for a
+    # plain row; set by edit_batch, so an editor can leave the instruction out of the edit
+    # (editor.edit_tokens: input). None on rows not built by edit_batch (probes).
+    instruction_len: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -34,7 +38,7 @@ class TokenBatch:
         return TokenBatch(
             self.input_ids.to(device), self.attention_mask.to(device), self.answer_mask.to(device),
             self.answer_ids.to(device), self.row_edit.to(device), self.row_probe.to(device), self.meta,
-            self.prefixes,
+            self.prefixes, self.instruction_len.to(device) if self.instruction_len is not None else None,
         )
 
     def select(self, rows: torch.Tensor | list[int]) -> TokenBatch:
@@ -46,6 +50,7 @@ class TokenBatch:
             self.answer_ids[idx, :width], self.row_edit[idx], self.row_probe[idx],
             [self.meta[i] for i in idx.tolist()] if self.meta else [],
             [self.prefixes[i] for i in idx.tolist()] if self.prefixes is not None else None,
+            self.instruction_len[idx.to(self.instruction_len.device)] if self.instruction_len is not None else None,
         )
 
 
@@ -109,39 +114,44 @@ def instructed(record, prompt: str) -> str:
 
 
 def instruction_prefix(record) -> str:
-    """The text every instructed input of `record` starts with: its task template up to the prompt,
-    without trailing whitespace ("" without an instruction)."""
-    if not record.instruction:
-        return ""
-    from .instructions import apply_template, task_config
+    """The text every instructed input of `record` starts with: its edit input up to the prompt,
+    without trailing whitespace ("" without an instruction). Read off the edit input, not the
+    task's template, so a record tagged with any template (the edit API's generic one) has it."""
+    at = record.edit_input.rfind(record.prompt) if record.instruction and record.prompt else -1
+    return record.edit_input[:at].rstrip() if at > 0 else ""
 
-    mark = "\x00"
-    return apply_template(task_config(record.task), record.instruction, mark).split(mark)[0].rstrip()
+
+def instruction_cuts(batch: TokenBatch, tokenizer, records) -> list[int]:
+    """Per row: the token count of its record's instruction prefix, where the row's ids start with
+    the prefix's own ids (so the ids are the ones the row was tokenised to either way) and its
+    prompt goes on after it; 0 elsewhere (a plain row, a prompt cut from the left)."""
+    plen = (batch.answer_mask.float().argmax(1) + 1).tolist()  # the first answer logit sits on the prompt's last token
+    pre_ids: dict[str, list[int]] = {}
+    out = []
+    for r, (row, p) in enumerate(zip(batch.input_ids, plen)):
+        text = instruction_prefix(records[int(batch.row_edit[r])])
+        if text and text not in pre_ids:
+            pre_ids[text] = tokenizer(text, add_special_tokens=True)["input_ids"]
+        pre = pre_ids.get(text, [])
+        out.append(len(pre) if pre and len(pre) < p and row[: len(pre)].tolist() == pre else 0)
+    return out
 
 
 def mark_prefixes(batch: TokenBatch, tokenizer, records, instructed: bool, prompts: bool = True,
                   all_prompts: bool = False) -> TokenBatch:
     """`batch` with per-row shared-prefix cut points: after the record's instruction prefix
-    (`instructed`; only where the row's ids start with the prefix's own ids, so the ids are the
-    ones the row was tokenised to either way) and after the prompt when `prompts` and another row
-    of the batch starts with the same prompt ids (ConvSent sentences, portability aliases), or
-    after every prompt with `all_prompts` (prompts generated from later)."""
-    plen = (batch.answer_mask.float().argmax(1) + 1).tolist()  # the first answer logit sits on the prompt's last token
+    (`instructed`; instruction_cuts) and after the prompt when `prompts` and another row of the
+    batch starts with the same prompt ids (ConvSent sentences, portability aliases), or after
+    every prompt with `all_prompts` (prompts generated from later)."""
+    plen = (batch.answer_mask.float().argmax(1) + 1).tolist()
     ids = [row[:n].tolist() for row, n in zip(batch.input_ids, batch.attention_mask.sum(1).tolist())]
     count: dict[tuple, int] = {}
     for r, p in zip(ids, plen):
         count[tuple(r[:p])] = count.get(tuple(r[:p]), 0) + 1
-    pre_ids: dict[str, list[int]] = {}
+    cut = instruction_cuts(batch, tokenizer, records) if instructed else [0] * len(ids)
     out = []
-    for r, (row, p) in enumerate(zip(ids, plen)):
-        cuts = []
-        if instructed:
-            text = instruction_prefix(records[int(batch.row_edit[r])])
-            if text and text not in pre_ids:
-                pre_ids[text] = tokenizer(text, add_special_tokens=True)["input_ids"]
-            pre = pre_ids.get(text, [])
-            if pre and len(pre) < p and row[: len(pre)] == pre:
-                cuts.append(len(pre))
+    for row, p, c in zip(ids, plen, cut):
+        cuts = [c] if c else []
         if all_prompts or (prompts and count[tuple(row[:p])] > 1):
             cuts.append(p)
         out.append(tuple(cuts))
@@ -149,15 +159,18 @@ def mark_prefixes(batch: TokenBatch, tokenizer, records, instructed: bool, promp
 
 
 def edit_batch(records, tokenizer, max_length: int = 128, instructed: bool = True) -> TokenBatch:
-    """Row e = edit e: the edit input followed by the new target. `instructed`: the record's
-    instruction-tagged edit input (instruction-trained methods); else the plain prompt."""
-    return encode_pairs(
+    """Row e = edit e: the edit input followed by the new target, with its instruction prefix
+    length (instruction_len). `instructed`: the record's instruction-tagged edit input
+    (instruction-trained methods); else the plain prompt."""
+    batch = encode_pairs(
         tokenizer, [(r.edit_input if instructed else "") or r.prompt for r in records],
         [r.target_new for r in records],
         row_edit=list(range(len(records))),
         meta=[{"kind": "edit", "case_id": r.case_id, "task": r.task, "subject": r.subject} for r in records],
         max_length=max_length,
     )
+    cuts = instruction_cuts(batch, tokenizer, records) if instructed else [0] * len(records)
+    return dataclasses.replace(batch, instruction_len=torch.tensor(cuts, dtype=torch.long))
 
 
 PROBE_KINDS = ("prompt", "rephrase", "portability", "locality", "sentiment")

@@ -29,7 +29,7 @@ def edit_features(editor: MendEditor, records, batch_size: int = 16, k: int = 4,
     for i in range(0, len(records), batch_size):
         batch = edit_batch(records[i : i + batch_size], editor.tokenizer, max_length).to(editor.device)
         u, d, _ = editor.edit_gradients(batch)
-        edits = editor.transform(u, d, batch.attention_mask)
+        edits = editor.transform(u, d, editor.edit_token_mask(batch))
         parts = []
         for n in names:
             e = edits[n]

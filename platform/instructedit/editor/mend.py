@@ -95,10 +95,23 @@ class MendEditor(EditableModel, nn.Module):
             sel = sel & (u != 0).any(-1) & (d != 0).any(-1)
         return sel
 
+    def edit_token_mask(self, batch: TokenBatch) -> torch.Tensor:
+        """(E, L): the tokens of the edit rows that may make the edit (editor.edit_tokens), before
+        selected_tokens' own choice. Every MEND edit (training, validation, evaluation, the edit
+        API, the gradient analysis) goes through here, so all of them edit alike."""
+        mask = batch.attention_mask
+        if self.cfg.edit_tokens == "all":
+            return mask
+        if batch.instruction_len is None:  # all tokens would silently undo the setting
+            raise ValueError("editor.edit_tokens=input needs the edit rows' instruction_len: build them "
+                             "with data.batches.edit_batch")
+        pos = torch.arange(mask.shape[1], device=mask.device)
+        return mask * (pos[None, :] >= batch.instruction_len.to(mask.device)[:, None])
+
     def edit(self, batch: TokenBatch, hidden: torch.Tensor | None = None) -> tuple[Edits, EditInfo]:
         """One edit per row of `batch` (prompt -> target). Returns factors indexed by row."""
         u, d, pre_loss = self.edit_gradients(batch, hidden)
-        edits = self.transform(u, d, batch.attention_mask)
+        edits = self.transform(u, d, self.edit_token_mask(batch))
         return edits, EditInfo(pre_loss=pre_loss)
 
     # ------------------------------------------------------------------------------ checkpoint
@@ -148,7 +161,8 @@ class MendEditor(EditableModel, nn.Module):
 # Editor fields added after checkpoints were first written, with the value that reproduces how
 # those older checkpoints were trained and edit. A checkpoint whose editor_config lacks a field
 # was written before it existed and gets the legacy value; new checkpoints store every field.
-LEGACY_EDITOR_FIELDS = {"norm_eps": 1e-5, "norm_eps_on": "var", "token_select": "attention", "loc_positions": "answer"}
+LEGACY_EDITOR_FIELDS = {"norm_eps": 1e-5, "norm_eps_on": "var", "token_select": "attention", "loc_positions": "answer",
+                        "edit_tokens": "all"}
 
 
 def editor_config_of(ckpt: dict) -> EditorConfig:
@@ -167,7 +181,7 @@ def mend_edits(editor: MendEditor):
     def make(batch: TokenBatch, hidden: torch.Tensor) -> Edits:
         with torch.no_grad():  # the transform needs no graph at evaluation
             u, d, _ = editor.edit_gradients(batch, hidden)
-            return editor.transform(u, d, batch.attention_mask)
+            return editor.transform(u, d, editor.edit_token_mask(batch))
 
     return make
 

@@ -244,7 +244,8 @@ def train_editor(
             hooks.on_batch(step, records)
         batch = make_step_batch(records, editor.tokenizer, tc.max_length, seed=tc.seed * 100003 + step,
                                 n_sentences=tc.sentiment_sentences,
-                                outer=cfg.editor.rephrase_in_edit_loss).to(device)
+                                outer=cfg.editor.rephrase_in_edit_loss,
+                                instruction_dropout=tc.instruction_dropout).to(device)
         # bf16 autocast on GPU (trainer.py); the hypernetwork's parameters and Adam stay fp32.
         with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss, metrics = step_module(batch)

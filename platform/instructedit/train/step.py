@@ -42,14 +42,23 @@ class StepBatch:
 
 
 def make_step_batch(records, tokenizer, max_length: int = 96, seed: int = 0, n_sentences: int = 2,
-                    outer: bool = False, share_prefixes: bool = True) -> StepBatch:
+                    outer: bool = False, share_prefixes: bool = True,
+                    instruction_dropout: float = 0.0) -> StepBatch:
     """A training batch: one locality probe per edit (seeded pick), a few sentiment sentences;
     `outer` (editor.rephrase_in_edit_loss): the plain prompts and one rephrase per edit.
     `share_prefixes`: the instructed rows carry their instruction prefix's cut point, so the lower
     blocks (frozen) run each instruction once and serve it from the shared-prefix cache after
-    (SplitModel.lower); the same numbers within float tolerance, off only to measure it."""
+    (SplitModel.lower); the same numbers within float tolerance, off only to measure it.
+    `instruction_dropout` (train.instruction_dropout): each edit, with this probability, is made
+    from its record without the instruction (edit row and sentiment rows plain)."""
     rng = random.Random(seed)
     loc_pick = rng.randrange(1 << 30)
+    if instruction_dropout > 0:
+        # A draw per record from the step seed and its case id: the same whatever the number of
+        # workers the global batch is split over, and the step's other picks stay those of a run
+        # without dropout.
+        records = [plain(r) if random.Random(f"{seed}/drop/{r.case_id}").random() < instruction_dropout else r
+                   for r in records]
     edit = edit_batch(records, tokenizer, max_length)
     # instructed like the edit input, as training has always scored sentiment rows
     sentiment = probe_batch(records, tokenizer, "sentiment", max_length, limit=n_sentences, instructed_probe=True)
@@ -65,6 +74,11 @@ def make_step_batch(records, tokenizer, max_length: int = 96, seed: int = 0, n_s
         tasks=[r.task for r in records],
         outer=outer_batch(records, tokenizer, max_length, rng.randrange(1 << 30)) if outer else None,
     )
+
+
+def plain(record):
+    """`record` without its instruction: the editor sees the plain prompt, as a user asks it."""
+    return dataclasses.replace(record, instruction_id="", instruction="", edit_input=record.prompt)
 
 
 def outer_batch(records, tokenizer, max_length: int, pick: int) -> TokenBatch | None:
