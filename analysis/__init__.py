@@ -2,5 +2,6 @@
 
 Reads tracked runs through `instructedit.tracking`; never imports torch or the editor, except the
 editor's torch-free method registry (instructedit.editor.methods: row labels and order).
-Modules: runs (tidy table), tables, figures, pca, gradients (arrays on disk), report.
+Modules: runs (tidy table), tables, cases (Table 3 from per-case artifacts), figures, pca, gradients
+(arrays on disk), report.
 """

@@ -1,8 +1,10 @@
 """One self-contained HTML page per experiment: tables, figures (base64 PNG), provenance, run links.
 
 `build_report` writes `<out>/report.html` plus the pieces (`figures/*.png`, `tables/*.{md,csv,html}`)
-and, unless told not to, logs them as artifacts of a new run tagged kind=report. Sections: the
-results tables (x100 rounded to what n supports, 95% intervals and n); figures: per task and method
+and, unless told not to, logs them as artifacts of a new run tagged kind=report; `publish_tables`
+copies the Markdown tables to a results folder. Sections: the results tables (x100 rounded to what n
+supports, 95% intervals and n; Table 3 from per-case results where the runs logged them, see
+analysis.cases); figures: per task and method
 bars with intervals, plain vs instructed probes, training curves with the selected step, then the
 paper's figures (task scaling, ConvSent balancing, seen vs unseen, gradient PCA); one provenance block
 per run (git commit, dataset hash, base model and its source, checkpoint step, seed, budget, command);
@@ -23,7 +25,7 @@ import pandas as pd
 from instructedit import tracking
 from instructedit.editor import methods as registry
 
-from . import figures, gradients, tables
+from . import cases, figures, gradients, tables
 from .runs import load_runs, metric_histories, run_index, search
 
 DEFAULT_UI = "http://127.0.0.1:5000"
@@ -60,6 +62,7 @@ class Report:
     out_dir: Path
     run_id: str | None = None
     tables: dict[str, Path] = field(default_factory=dict)  # name -> .html file
+    markdown: dict[str, Path] = field(default_factory=dict)  # name -> .md file (what publish_tables copies)
     figures: dict[str, Path] = field(default_factory=dict)  # name -> .png file
     notes: list[str] = field(default_factory=list)  # what was left out and why
 
@@ -97,7 +100,9 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
                  log: bool = True, gradient_files: list[str | Path] | None = None,
                  ui_url: str = DEFAULT_UI, split: str = "test", run_ids: list[str] | None = None) -> Report:
     """`run_ids`: only these runs (and their child runs), e.g. one demo's training and evaluation
-    runs; default every run of the experiment (several runs behind a cell are averaged)."""
+    runs; default every run of the experiment. Runs with per-case results (`eval/<split>/cases.parquet`)
+    make tables/table3_cases.md (analysis.cases: seeds aggregated, intervals, paired differences);
+    the metric-based Table 3 shows the others (several runs behind a cell averaged, no interval)."""
     out_dir = Path(out_dir) if out_dir else default_out_dir(experiment)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
@@ -112,20 +117,29 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
 
     # ------------------------------------------------------------------------------ tables
     body.append("<h2>Tables</h2>")
-    for stem, make in (("table3", tables.table3), ("table1", tables.table1)):
+    ct = _case_tables(experiment, index, split, tracking_uri, rep, body)
+    # A run with per-case results is in table3_cases (seeds aggregated with an interval); the
+    # metric-based Table 3 shows the other runs only, so no cell is shown twice. Table 1 (single-task
+    # editors on every task) has no per-case version and reads every run.
+    metric_only = tidy[~tidy["run_id"].isin(ct.run_ids)]
+    for stem, make, rows in (("table3", tables.table3, metric_only), ("table1", tables.table1, tidy)):
         try:
-            t = make(tidy, split=split)
+            t = make(rows, split=split)
         except Exception as e:  # noqa: BLE001 - a malformed run must not cost the whole report
             t = None
             rep.notes.append(f"{stem}: failed ({e.__class__.__name__}: {e})")
             traceback.print_exc()
         if t is None or t.empty:
             note = f"{stem}: no runs with the tags and `{split}/<task>/<metric>` metrics it needs."
+            if stem == "table3" and not ct.empty:
+                continue  # every evaluation has per-case results: table3_cases is the whole Table 3
             rep.notes.append(note)
             body.append(f'<p class="note">{html.escape(note)}</p>')
             continue
+        if stem == "table3" and not ct.empty:
+            t.note = f"{METRIC_TABLE3_NOTE} {t.note}"
         paths = t.save(out_dir / "tables", stem)
-        rep.tables[stem] = paths["html"]
+        rep.tables[stem], rep.markdown[stem] = paths["html"], paths["md"]
         body.append(f'<div class="scroll">{t.to_html()}</div>')
         if t.note:
             body.append(f'<p class="note">{html.escape(t.note)}</p>')
@@ -216,6 +230,67 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
     if log:
         rep.run_id = _log(experiment, rep, tracking_uri, tidy)
     return rep
+
+
+METRIC_TABLE3_NOTE = ("Table 3 from logged metrics, for the runs without per-case results (several runs "
+                      "behind a cell are averaged, without an interval).")
+
+
+def _case_tables(experiment: str, index: pd.DataFrame, split: str, tracking_uri: str | None, rep: Report,
+                 body: list[str]) -> cases.CaseTables:
+    """Table 3 from the runs' per-case artifacts -> tables/table3_cases.md and a section of the page."""
+    try:
+        ct = cases.load(index, split, tracking_uri)
+        if ct.empty:
+            return ct
+        uri = tracking.redact_text(tracking.resolve_tracking_uri(tracking_uri))
+        now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+        text = cases.markdown(ct, f"MLflow experiment `{experiment}` (store `{uri}`), split `{split}`, "
+                                  f"generated {now}")
+    except Exception as e:  # noqa: BLE001 - a malformed artifact must not cost the whole report
+        rep.notes.append(f"table3_cases: failed ({e.__class__.__name__}: {e})")
+        traceback.print_exc()
+        return cases.CaseTables(pd.DataFrame(), pd.DataFrame(columns=["run_id"]))
+    page = _markdown_html(text)
+    rep.markdown["table3_cases"] = cases.write_atomic(rep.out_dir / "tables" / "table3_cases.md", text)
+    rep.tables["table3_cases"] = cases.write_atomic(rep.out_dir / "tables" / "table3_cases.html", page)
+    rep.notes.extend(ct.notes)
+    body.append(f'<div class="scroll">{page}</div>')
+    return ct
+
+
+def _markdown_html(text: str) -> str:
+    """The Markdown this report writes (headings, pipe tables, paragraphs) as HTML."""
+    e = html.escape
+    out, table = [], []
+
+    def flush():
+        if table:
+            head, rows = table[0], table[2:]  # table[1] is the |---| line
+            out.append("<table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in head) + "</tr></thead><tbody>"
+                       + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+                       + "</tbody></table>")
+            table.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            table.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        flush()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level + 1}>{e(line.lstrip('#').strip())}</h{level + 1}>")
+        elif line.strip():
+            out.append(f"<p>{e(line)}</p>")
+    flush()
+    return "".join(out)
+
+
+def publish_tables(rep: Report, results_dir: str | Path) -> list[Path]:
+    """Copy the Markdown tables this report made to `results_dir` (e.g. docs/results/table3), each
+    written via a temporary file and a rename."""
+    return [cases.write_atomic(Path(results_dir) / p.name, p.read_text(encoding="utf-8"))
+            for p in rep.markdown.values()]
 
 
 def _runs_table(index: pd.DataFrame, ui_url: str) -> str:

@@ -40,7 +40,8 @@ PROVENANCE_TAGS = ("seed", "model", "model_source", "best_step", "stopped", "tra
 METRIC_COLUMNS = ["split", "task", "metric", "value", "ci_low", "ci_high", "n"]
 TIDY_COLUMNS = RUN_COLUMNS + METRIC_COLUMNS
 CI_SUFFIXES = {"_ci_low": "ci_low", "_ci_high": "ci_high", "_n": "n"}
-INDEX_COLUMNS = [*PROVENANCE_TAGS, "source_name"]  # run_table / run_index only, not the tidy rows
+# `label`: an evaluation's row name in the per-case tables (analysis.cases; evaluate --label)
+INDEX_COLUMNS = [*PROVENANCE_TAGS, "label", "source_name"]  # run_table / run_index only, not the tidy rows
 
 
 def parse_metric_key(key: str) -> tuple[str, str, str]:
@@ -105,7 +106,7 @@ def run_table(runs: pd.DataFrame) -> pd.DataFrame:
     base["tasks"] = base["tasks"].map(lambda s: ",".join(split_tasks(s)))
     base["n_train_tasks"] = base["tasks"].map(lambda s: len(split_tasks(s)))
     base["balance"] = _balance(runs)
-    for name in PROVENANCE_TAGS:
+    for name in (*PROVENANCE_TAGS, "label"):
         base[name] = _tag(runs, name)
     base["source_name"] = _tag(runs, "mlflow.source.name")
     for c in param_cols:

@@ -84,7 +84,8 @@ def test_evaluate_command(tmp_path, tracking_uri, shared_data, capsys):
     err = capsys.readouterr().err
     assert "instructedit report --experiment instructedit" in err and len(err.strip().splitlines()) == 1
     assert main(["report", "--experiment", "instructedit", "--out", str(tmp_path / "t"), "--no-log"]) == 0
-    table3 = (tmp_path / "t" / "tables" / "table3.md").read_text()
-    assert "Pre-edit" in table3 and "InstructEdit" in table3
+    # these runs logged per-case results: their Table 3 is table3_cases (seeds x cases intervals)
+    table3 = (tmp_path / "t" / "tables" / "table3_cases.md").read_text()
+    assert "Pre-edit" in table3 and "InstructEdit" in table3 and "| zsre | reliability | 2 |" in table3
     info = json.loads((evals / "pre" / "run.json").read_text())
     assert info["tags"]["method"] == "Pre-edit" and info["run_id"]

@@ -20,8 +20,14 @@ import numpy as np
 import pandas as pd
 
 from ..config import order_tasks
+from ..editor import methods as registry  # torch-free registry
 from . import stats
-from .metrics import edit_success, format_estimate, order
+from .metrics import TABLE_METRICS, edit_success, format_estimate, order
+
+# Paired differences shown under a comparison when both methods are there: the instruction-trained
+# editor against the same editor trained without instructions, and against the unedited model.
+PAIRS = tuple((registry.get(a).display, registry.get(b).display)
+              for a, b in (("instructedit", "multi-task"), ("instructedit", "pre-edit")))
 
 
 @dataclass(frozen=True)
@@ -30,22 +36,27 @@ class Cell:
     seeds: int
 
 
+def labelled(cases: pd.DataFrame, tags: dict, source: str, name: str = "") -> pd.DataFrame:
+    """One evaluation's per-case rows with the columns the tables group by: method (its `label` tag,
+    else its `method` tag, else `name`), seed (tag `seed`), source (where the rows came from), and
+    edit_success. The one labelling rule for evaluation folders and MLflow runs (analysis.cases)."""
+    df = cases.copy()
+    df["edit_success"] = [edit_success(r) for r in df.to_dict("records")]
+    # a label names variants of one method apart (e.g. two InstructEdit configs in one table)
+    df["method"] = tags.get("label") or tags.get("method") or name or source
+    df["seed"] = "" if tags.get("seed") is None else str(tags["seed"])
+    df["source"] = source
+    return df
+
+
 def read_cases(root: str | Path) -> pd.DataFrame:
     """Every evaluation under `root` -> one long frame: method, seed, split, task, case_id, metrics."""
     frames = []
     for path in sorted(Path(root).rglob("cases.parquet")):
         info = json.loads((path.parent / "run.json").read_text()) if (path.parent / "run.json").exists() else {}
-        tags = info.get("tags", {})
         df = pd.read_parquet(path)
-        if df.empty:
-            continue
-        df = df.copy()
-        df["edit_success"] = [edit_success(r) for r in df.to_dict("records")]
-        # a label names variants of one method apart (e.g. two InstructEdit configs in one table)
-        df["method"] = tags.get("label") or tags.get("method") or path.parent.name
-        df["seed"] = str(tags.get("seed", ""))
-        df["source"] = str(path.parent)
-        frames.append(df)
+        if not df.empty:
+            frames.append(labelled(df, info.get("tags", {}), str(path.parent), path.parent.name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -151,9 +162,7 @@ def gap_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = No
 
 def methods_in_order(df: pd.DataFrame) -> list[str]:
     """The method registry's order of the methods present (display names), others after."""
-    from ..editor.methods import METHODS  # torch-free registry
-
-    known = [m.display for m in METHODS]
+    known = [m.display for m in registry.METHODS]
     present = list(dict.fromkeys(df["method"]))
     return [m for m in known if m in present] + [m for m in present if m not in known]
 
@@ -223,3 +232,20 @@ def difference_table(df: pd.DataFrame, a: str, b: str, metrics: list[str], tasks
             if d is not None and d.n:
                 lines.append(f"| {t} | {m} | {fmt(d, m)} | {d.n} |")
     return "\n".join(lines)
+
+
+def comparison(df: pd.DataFrame, metrics: list[str] | None = None) -> str:
+    """Markdown sections of per-case results: the methods (`long_table`), each pair of PAIRS
+    present as a paired difference, and every method's instructed - plain gap."""
+    metrics = list(metrics or TABLE_METRICS)
+    text = "## Methods (mean [95% bootstrap CI], x100 except dd)\n\n" + long_table(df, metrics)
+    present = set(df["method"])
+    for a, b in PAIRS:
+        if {a, b} <= present:
+            text += f"\n\n## {a} - {b}, paired\n\n" + difference_table(df, a, b, metrics)
+    gaps = gap_table(df, metrics)
+    if gaps:
+        # The headline metrics are plain; this says how much of each method's edit success needs
+        # the instruction on the probe (instructed - plain, per method, paired over its cases).
+        text += "\n\n## Instructed - plain probes, paired (per method)\n\n" + gaps
+    return text

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DataConfig, RunConfig, task_names
-from ..editor import methods
 from . import compare, runner
 from .metrics import TABLE_METRICS, format_estimate, order
 
@@ -249,19 +248,14 @@ def log_sequential(p: EvalPlan, rows: list[dict], path: Path) -> Logged | None:
 
 
 # ---------------------------------------------------------------------------- comparison table
-# Paired differences printed under it when both methods are there: the instruction-trained editor
-# against the same editor trained without instructions, and against the unedited model.
-COMPARE_PAIRS = tuple((methods.get(a).display, methods.get(b).display)
-                      for a, b in (("instructedit", "multi-task"), ("instructedit", "pre-edit")))
-
-
 class NotAnEvalFolder(ValueError):
     """--compare-table got something without per-case results."""
 
 
 def compare_folder(src: str | Path) -> tuple[str, Path]:
     """Per-case results under `src` -> the interval table (seeds aggregated, the cases every
-    method shares) and the paired differences, as Markdown, written to `src/table.md`."""
+    method shares), the paired differences and the instruction gaps (compare.comparison), as
+    Markdown, written to `src/table.md`."""
     src = Path(src)
     if not (src.is_dir() and any(src.rglob("cases.parquet"))):
         if src.exists():
@@ -270,17 +264,7 @@ def compare_folder(src: str | Path) -> tuple[str, Path]:
         # an MLflow experiment's Table 3 is the analysis layer's: the report
         raise NotAnEvalFolder(f"--compare-table reads evaluation folders; {src} is not one (for an MLflow "
                               f"experiment's Table 3: instructedit report --experiment {src})")
-    df = compare.read_cases(src)
-    text = "## Methods (mean [95% bootstrap CI], x100 except dd)\n\n" + compare.long_table(df, list(TABLE_METRICS))
-    present = set(df["method"])
-    for a, b in COMPARE_PAIRS:
-        if {a, b} <= present:
-            text += f"\n\n## {a} - {b}, paired\n\n" + compare.difference_table(df, a, b, list(TABLE_METRICS))
-    gaps = compare.gap_table(df, list(TABLE_METRICS))
-    if gaps:
-        # The headline metrics are plain; this says how much of each method's edit success needs
-        # the instruction on the probe (instructed - plain, per method, paired over its cases).
-        text += "\n\n## Instructed - plain probes, paired (per method)\n\n" + gaps
+    text = compare.comparison(compare.read_cases(src), list(TABLE_METRICS))
     path = src / "table.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text + "\n")
