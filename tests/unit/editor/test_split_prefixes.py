@@ -7,6 +7,7 @@ import torch
 from instructedit.editor.split import SplitModel
 from instructedit.evaluate import generation
 from instructedit.models import build_model
+from token_rows import right_padded
 
 torch.set_num_threads(1)
 
@@ -25,12 +26,7 @@ def _rows():
     rows = [instr + prompt + [1, 2, 3], instr + prompt + [4, 5], instr + [9, 8, 7, 6, 5, 4], [11, 12, 13],
             instr + prompt + [7] * 9, [3] * 5 + instr]  # the last: the ids appear, but not as a prefix
     cuts = [(12, 19), (12, 19), (12,), (), (12, 19), (5,)]
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    att = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        att[i, : len(r)] = 1
+    ids, att = right_padded(rows)
     return rows, cuts, ids, att
 
 

@@ -7,6 +7,7 @@ import torch
 from instructedit.editor.hooks import LowRankEdit, patched
 from instructedit.editor.split import SplitModel, tail_groups
 from instructedit.models import build_model
+from token_rows import right_padded
 
 torch.set_num_threads(1)
 
@@ -29,12 +30,7 @@ def _batch():
     # rows 0, 1, 4 share edit 0 (instruction + prompt); row 5 has the same ids but edit 1; rows 6, 7
     # share a short prompt and edit 2; row 2 shares only the instruction, with edit 0
     row_edit = torch.tensor([0, 0, 0, 1, 0, 1, 2, 2, 3])
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    att = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        att[i, : len(r)] = 1
+    ids, att = right_padded(rows)
     return rows, cuts, ids, att, row_edit
 
 
