@@ -4,10 +4,10 @@
 # Recent (the two NLL training tasks: plain and instructed reliability are defined there), selects
 # its checkpoint by validation, and evaluates it on the whole validation splits of both tasks with
 # plain and instructed probes (no generation). Run from the repository root, one variant at a time:
-#   scripts/instruction_variants.sh base
-#   scripts/instruction_variants.sh outer --set editor.rephrase_in_edit_loss=true
-#   scripts/instruction_variants.sh input --set editor.edit_tokens=input
-#   scripts/instruction_variants.sh dropout --set train.instruction_dropout=0.5
+#   scripts/instruction_variants.sh base --set editor.rephrase_in_edit_loss=false
+#   scripts/instruction_variants.sh outer --set editor.rephrase_in_edit_loss=true    (today's default)
+#   scripts/instruction_variants.sh input --set editor.rephrase_in_edit_loss=false --set editor.edit_tokens=input
+#   scripts/instruction_variants.sh dropout --set editor.rephrase_in_edit_loss=false --set train.instruction_dropout=0.5
 # then: instructedit evaluate --compare-table evals/instruction-variants
 # (table.md: each variant's plain and instructed metrics and its instructed - plain gap, paired).
 # A variant whose evaluation exists is skipped; an interrupted training resumes.
