@@ -31,6 +31,9 @@ PROGRESS_PREFIXES = ("[train]", "[val]", "[trial", "[study", "[eval]", "[optimiz
 LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "alembic", "huey", "sqlalchemy",
                    "transformers", "py.warnings", "filelock", "urllib3")
 _ROUTER = "instructedit_route_logs"
+# Ray's system config `worker_niceness` (default 15), read from the environment by every Ray process.
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+LOCAL_WORKER_NICENESS = "0"  # a local Ray's workers run at the driver's priority (init_ray)
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"path": None, "verbose": None, "file": None, "handler": None}
@@ -146,7 +149,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, *, log_to_
 
     Returns True when this call started or joined Ray (the caller may shut it down), False when Ray
     was already initialised. `log_to_driver=False` hides worker output entirely; `verbose` (default:
-    as `setup_logging` was told; quiet when it was never called) shows Ray's own output.
+    as `setup_logging` was told; quiet when it was never called) shows Ray's own output. A local
+    Ray's workers run at nice 0, not Ray's 15 ($RAY_worker_niceness, when set, wins).
     """
     import ray
 
@@ -171,8 +175,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, *, log_to_
         logging.lastResort = _state["handler"]
     try:
         if address:
+            # A cluster's workers keep the niceness its operators gave them (RAY_worker_niceness there).
             ray.init(address=address, **kwargs)
         else:
+            # Ray nices every worker process (Ray Train workers included) to 15, below its own nice-0
+            # daemons (raylet, GCS, agents, log monitor, this driver). A local Ray shares this
+            # machine's few cores with them: SmolLM2 training on 2 cores, the worker's two compute
+            # threads were preempted 500-700 times a second each (every Ray process wakes at 100 Hz),
+            # 25-40% of their slices under 0.5 ms, and both ran together only 78% of the time
+            # (docs/performance.md, the training step). Inherited by the raylet and the workers it
+            # starts; a value already set wins.
+            os.environ.setdefault(WORKER_NICENESS_ENV, LOCAL_WORKER_NICENESS)
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     finally:
         logging.lastResort = last_resort
