@@ -148,7 +148,12 @@ def mark_prefixes(batch: TokenBatch, tokenizer, records, instructed: bool, promp
     count: dict[tuple, int] = {}
     for r, p in zip(ids, plen):
         count[tuple(r[:p])] = count.get(tuple(r[:p]), 0) + 1
-    cut = instruction_cuts(batch, tokenizer, records) if instructed else [0] * len(ids)
+    if not instructed:
+        cut = [0] * len(ids)
+    elif batch.instruction_len is not None:  # an edit_batch has them already: not tokenised twice
+        cut = batch.instruction_len.tolist()
+    else:
+        cut = instruction_cuts(batch, tokenizer, records)
     out = []
     for row, p, c in zip(ids, plen, cut):
         cuts = [c] if c else []
