@@ -2,9 +2,11 @@
 
 - Scaling: `ScalingConfig(num_workers=N, use_gpu=auto)`; gloo on CPU, NCCL + bf16 autocast on GPU.
   DDP wraps the hypernetwork only (loop.py); the frozen base model is never wrapped.
-- Data: the train and val records go in as Ray Datasets and every worker reads them with
-  `ray.train.get_dataset_shard`. Neither is split across workers (`DataConfig(datasets_to_split=[])`):
-  every worker holds the whole (small, text-only) record list, draws the same seeded global
+- Data: the train and val records go into Ray's object store as two Arrow tables (`ray.put`) and
+  every worker fetches both whole. They are not Ray Datasets: nothing is streamed or split, and a
+  Dataset would add Ray Data's stats actor and streaming executor to the run, more processes whose
+  10 ms timers preempt the training threads (docs/performance.md).
+  Every worker holds the whole (small, text-only) record list, draws the same seeded global
   permutation, and takes its rank's slice of each global batch (loop.py). So the global batch is
   exactly `train.batch_size` whatever N, the workers see disjoint records at every step, N workers
   reproduce the batches of one worker (2 x B/2 == 1 x B up to float reduction order), and a
@@ -146,23 +148,22 @@ def train_on_ray(
     Re-running with the same `name` and storage path resumes that run from its latest checkpoint.
     `callbacks`: Ray Train callbacks, e.g. `TuneReportCallback()` when a Tune trial runs this.
     """
-    import ray.data
+    import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
     tc = cfg.train
     use_gpu = resolve_use_gpu(tc.use_gpu)
     root = storage_root(cfg, storage_path)
     root.mkdir(parents=True, exist_ok=True)
-    datasets = {
-        "train": ray.data.from_arrow(records_to_table(list(train_records))),
-        "val": ray.data.from_arrow(records_to_table(list(val_records))),
-    }
+    # the driver holds these refs through fit(), so the tables live as long as the run
+    records = {"train": ray.put(records_to_table(list(train_records))),
+               "val": ray.put(records_to_table(list(val_records)))}
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={
             "run_config": to_dict(cfg),
+            "records": records,
             "mlflow_run_id": mlflow_run_id,
             "tracking_uri": tracking_uri,
             "worker_hooks": worker_hooks,
@@ -183,8 +184,6 @@ def train_on_ray(
                 checkpoint_score_order="max",
             ),
         ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     result = trainer.fit()
     if result.error:
@@ -212,15 +211,10 @@ def _score(metrics: dict, key: str) -> float:
 
 
 # ------------------------------------------------------------------------------------- worker
-def _dataset_records(name: str) -> list:
-    import pyarrow as pa
-    import ray.train
+def _fetch_records(ref) -> list:
+    import ray
 
-    shard = ray.train.get_dataset_shard(name)
-    tables = list(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
-    if not tables:
-        return []
-    return canonical_order(table_to_records(pa.concat_tables(tables)))
+    return canonical_order(table_to_records(ray.get(ref)))
 
 
 def system_metrics(device: torch.device) -> dict[str, float]:
@@ -259,8 +253,8 @@ def _train_worker(config: dict) -> dict:
     device = ray.train.torch.get_device()
     torch.set_num_threads(worker_threads(cfg.train.torch_threads, ctx.get_local_world_size()))
     autocast = torch.bfloat16 if device.type == "cuda" else None
-    train_records = _dataset_records("train")
-    val_records = _dataset_records("val")
+    train_records = _fetch_records(config["records"]["train"])
+    val_records = _fetch_records(config["records"]["val"])
 
     resume = None
     ckpt = ray.train.get_checkpoint()
