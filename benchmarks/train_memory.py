@@ -11,6 +11,12 @@ start-up and first-epoch caching), plus the worker RSS that training logs to MLf
 
     python benchmarks/train_memory.py --config instructedit-smollm2 --steps 300 \\
         --out docs/results/bench_train_memory.json
+
+With --command, it samples the same way around any command instead (a study trial, say: training,
+validation and the test evaluation that follows), and the worker's logged RSS is left out:
+
+    python benchmarks/train_memory.py --out docs/results/bench_study_memory.json \\
+        --command "instructedit study table3 ..."
 """
 
 from __future__ import annotations
@@ -85,7 +91,36 @@ def drift(values: list[float]) -> float | None:
     return statistics.fmean(values[-q:]) - statistics.fmean(values[q:2 * q])
 
 
-def main() -> None:
+def write_json(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+    summary = {k: v for k, v in result.items() if k not in ("samples", "logged_worker_rss_mb")}
+    print(json.dumps(summary, indent=1), file=sys.stderr)
+
+
+def sample_command(args) -> int:
+    """RSS of a command's whole process tree over its run (it is this process's child)."""
+    import subprocess
+
+    load0, t0 = os.getloadavg(), time.time()
+    with TreeSampler(args.every) as sampler:
+        rc = subprocess.call(args.command, shell=True)
+    worker = [s["worker_mb"] for s in sampler.samples if s["worker_mb"] > 0]
+    tree = [s["tree_mb"] for s in sampler.samples]
+    write_json(Path(args.out), {
+        "benchmark": "train_memory", "command": args.command, "returncode": rc,
+        "wall_s": time.time() - t0, "loadavg_start": load0, "loadavg_end": os.getloadavg(),
+        "worker_peak_mb": max(worker, default=None), "worker_drift_mb": drift(worker),
+        "tree_peak_mb": max(tree, default=None), "tree_drift_mb": drift(tree),
+        "target_peak_mb": TARGET_PEAK_MB, "meets_target": bool(worker) and max(worker) <= TARGET_PEAK_MB,
+        "samples": [{k: round(v, 1) for k, v in s.items()} for s in sampler.samples],
+    })
+    return rc
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="instructedit-smollm2", help="a shipped run config or a YAML path")
     ap.add_argument("--steps", type=int, default=300)
@@ -93,8 +128,12 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more overrides")
     ap.add_argument("--every", type=float, default=1.0, help="sampling interval, seconds")
     ap.add_argument("--workdir", default=None, help="where the Ray run and its MLflow store stay (default: a temp dir)")
+    ap.add_argument("--command", default=None,
+                    help="sample this shell command's process tree instead of running train_run")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.command:
+        return sample_command(args)
 
     import ray
     import yaml
@@ -146,14 +185,9 @@ def main() -> None:
         "meets_target": bool(worker) and max(worker) <= TARGET_PEAK_MB,
         "samples": [{k: round(v, 1) for k, v in s.items()} for s in sampler.samples],
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
-    summary = {k: v for k, v in result.items() if k not in ("samples", "logged_worker_rss_mb")}
-    print(json.dumps(summary, indent=1), file=sys.stderr)
+    write_json(Path(args.out), result)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -182,6 +182,11 @@ class StudySpec:
             budget["train.max_steps"] = self.budget.max_steps
         if self.budget.time_budget_s is not None:
             budget["train.time_budget_s"] = self.budget.time_budget_s
+        elif self.budget.max_steps is not None:
+            # A budget in steps is a budget in training edits: the base config's wall-clock guard
+            # would stop the slower arms (more tasks, longer rows) sooner, and the arms compared
+            # would then have seen different numbers of edits.
+            budget["train.time_budget_s"] = None
         return apply_overrides(cfg, {**budget, **(extra or {})})
 
     def param(self, key: str) -> Param:

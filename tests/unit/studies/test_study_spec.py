@@ -60,7 +60,22 @@ def test_task_scaling_matches_the_paper_design():
     assert arms == [("recent",), ("recent", "counterfact"), ("recent", "counterfact", "convsent")]
     cfg = spec.trial_config({"data.tasks": spec.param("data.tasks").labels()[1]})
     assert tasks_under_test(spec.test, cfg) == ["zsre", "recent", "counterfact"]
-    assert cfg.model == "smollm2-135m" and cfg.train.time_budget_s == spec.budget.time_budget_s
+    assert cfg.model == "smollm2-135m"
+    # an equal budget in training edits: every arm runs the same steps, no wall-clock guard cuts one short
+    for v in spec.param("data.tasks").labels():
+        arm = spec.trial_config({"data.tasks": v})
+        assert arm.train.max_steps == 600 and arm.train.time_budget_s is None
+
+
+def test_a_step_budget_lifts_the_base_configs_time_guard():
+    from instructedit.config import load_run_config
+
+    assert load_run_config("instructedit-smollm2").train.time_budget_s == 3600  # the run config's guard
+    for name in ("table3", "table3-single", "task-scaling", "instructions"):
+        cfg = load_study(name).base_config()
+        assert cfg.train.max_steps == 600 and cfg.train.time_budget_s is None, name
+    timed = load_study("hparams")  # a study with a wall-clock budget keeps it
+    assert timed.base_config().train.time_budget_s == timed.budget.time_budget_s
 
 
 def test_instructions_study_drops_the_optimised_arm_until_the_set_exists(tmp_path, monkeypatch):
