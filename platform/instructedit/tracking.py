@@ -21,14 +21,18 @@ import os
 import re
 import subprocess
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+# Reports download dozens of small artifacts; a progress bar for each is noise, not progress.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorization|credential)", re.IGNORECASE)
@@ -280,15 +284,39 @@ def metric_history(run_id: str, key: str, tracking_uri: str | None = None) -> li
     return [(m.step, m.value) for m in MlflowClient().get_metric_history(run_id, key)]
 
 
+def moved_artifacts(run_id: str, tracking_uri: str | None = None) -> Path | None:
+    """A run's artifact folder beside its sqlite store when the store was moved or cloned.
+
+    `_artifact_location` records absolute paths (`<store dir>/artifacts/<experiment>/<run>/artifacts`);
+    a store committed to git and cloned elsewhere keeps that layout under its new folder. None when
+    the recorded path exists, the store is no sqlite file, or the folder is not beside it either."""
+    uri = configure(tracking_uri)
+    recorded = MlflowClient().get_run(run_id).info.artifact_uri or ""
+    if not uri.startswith("sqlite:///") or not recorded.startswith("file://"):
+        return None
+    path = Path(urllib.parse.urlparse(recorded).path)
+    if path.exists() or len(path.parts) < 4 or path.parts[-4] != "artifacts":
+        return None
+    here = Path(uri[len("sqlite:///"):]).resolve().parent.joinpath(*path.parts[-4:])
+    return here if here.exists() else None
+
+
 def download_artifacts(run_id: str, artifact_path: str = "", dst: str | None = None,
                        tracking_uri: str | None = None) -> str:
     configure(tracking_uri)
     dst = dst or tempfile.mkdtemp(prefix="instructedit-artifacts-")
+    moved = moved_artifacts(run_id)
+    if moved is not None:
+        Path(dst).mkdir(parents=True, exist_ok=True)  # as mlflow.artifacts.download_artifacts does
+        return LocalArtifactRepository(moved.as_uri()).download_artifacts(artifact_path, dst_path=dst)
     return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst)
 
 
 def list_artifacts(run_id: str, path: str = "", tracking_uri: str | None = None) -> list[str]:
     configure(tracking_uri)
+    moved = moved_artifacts(run_id)
+    if moved is not None:
+        return [a.path for a in LocalArtifactRepository(moved.as_uri()).list_artifacts(path or None)]
     return [a.path for a in MlflowClient().list_artifacts(run_id, path)]
 
 

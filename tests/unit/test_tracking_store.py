@@ -46,3 +46,25 @@ def test_experiments_are_classic_ml_with_artifacts_beside_the_db(tmp_path, track
     client.set_experiment_tag(other, tracking.EXPERIMENT_KIND_TAG, "genai_development")
     tracking.set_experiment("made-elsewhere")
     assert client.get_experiment(other).tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_a_moved_store_still_serves_its_artifacts(tmp_path, monkeypatch):
+    """A store committed to git and cloned into another folder: its runs' recorded artifact paths
+    point at the old folder, and listing and downloading read the copy beside the database."""
+    import shutil
+
+    old = tmp_path / "old" / "store"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{old / 'mlflow.db'}")
+    with tracking.run("moved", "eval-run") as rid:
+        tracking.log_text("cases", "eval/test/cases.txt")
+    assert tracking.moved_artifacts(rid) is None  # where it was recorded: MLflow's own path
+    new = tmp_path / "clone" / "store"
+    shutil.copytree(old, new)
+    shutil.rmtree(tmp_path / "old")
+    uri = f"sqlite:///{new / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    moved = tracking.moved_artifacts(rid, uri)
+    assert moved is not None and moved.is_relative_to(new / "artifacts") and moved.name == "artifacts"
+    assert tracking.list_artifacts(rid, "eval/test", tracking_uri=uri) == ["eval/test/cases.txt"]
+    local = tracking.download_artifacts(rid, "eval/test/cases.txt", dst=str(tmp_path / "dl"), tracking_uri=uri)
+    assert Path(local).read_text() == "cases"
