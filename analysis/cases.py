@@ -34,6 +34,9 @@ class CaseTables:
     cases: pd.DataFrame  # the chosen evaluations' rows (compare.read_cases' columns; source = run id)
     runs: pd.DataFrame  # one row per run with per-case results: row name, seed, budget tags, used
     notes: list[str] = field(default_factory=list)
+    # every run's rows before `choose`: the studies' tables (analysis.studies_cases) need the unseen
+    # evaluations and the per-task-set editors Table 3 leaves out, without downloading them again
+    every: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def run_ids(self) -> set[str]:
@@ -97,17 +100,18 @@ def load(index: pd.DataFrame, split: str = "test", tracking_uri: str | None = No
         runs.append({"run_id": r["run_id"], "run_name": r["run_name"] or r["run_id"][:8],
                      "row": df["method"].iloc[0], "method_tag": r["method"], "seed": str(seed),
                      "tasks": r["tasks"], "study": r["study"], "instruction_setting": r["instruction_setting"],
-                     "start_time": r["start_time"], "trained": bool(train),
+                     "start_time": r["start_time"], "trained": bool(train), "editor_run": r["editor_run"],
                      **{k: str(train.get(k) or "") for k in BUDGET_TAGS if k != "seed"}})
     if not frames:
         return CaseTables(pd.DataFrame(), pd.DataFrame(columns=["run_id"]))
-    cases, runs = choose(pd.concat(frames, ignore_index=True), pd.DataFrame(runs))
+    every = pd.concat(frames, ignore_index=True)
+    cases, runs = choose(every, pd.DataFrame(runs))
     notes = []
     left = runs[~runs["used"]]
     if len(left):
-        notes.append(f"{len(left)} evaluation run(s) with per-case results left out, superseded by a later or "
-                     "preferred evaluation of the same row, seed and task: " + ", ".join(left["run_name"]))
-    return CaseTables(cases, runs, notes)
+        notes.append(f"{len(left)} evaluation run(s) with per-case results left out of Table 3, superseded by a "
+                     "later or preferred evaluation of the same row, seed and task: " + ", ".join(left["run_name"]))
+    return CaseTables(cases, runs, notes, every)
 
 
 def choose(cases: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -3,8 +3,8 @@
 `build_report` writes `<out>/report.html` plus the pieces (`figures/*.png`, `tables/*.{md,csv,html}`)
 and, unless told not to, logs them as artifacts of a new run tagged kind=report; `publish_tables`
 copies the Markdown tables to a results folder. Sections: the results tables (x100 rounded to what n
-supports, 95% intervals and n; Table 3 from per-case results where the runs logged them, see
-analysis.cases); figures: per task and method
+supports, 95% intervals and n; Table 3, seen vs unseen instructions and task scaling from per-case
+results where the runs logged them, see analysis.cases and analysis.studies_cases); figures: per task and method
 bars with intervals, plain vs instructed probes, training curves with the selected step, then the
 paper's figures (task scaling, ConvSent balancing, seen vs unseen, gradient PCA); one provenance block
 per run (git commit, dataset hash, base model and its source, checkpoint step, seed, budget, command);
@@ -25,7 +25,7 @@ import pandas as pd
 from instructedit import tracking
 from instructedit.editor import methods as registry
 
-from . import cases, figures, gradients, tables
+from . import cases, figures, gradients, studies_cases, tables
 from .runs import load_runs, metric_histories, run_index, search
 
 DEFAULT_UI = "http://127.0.0.1:5000"
@@ -143,6 +143,7 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
         body.append(f'<div class="scroll">{t.to_html()}</div>')
         if t.note:
             body.append(f'<p class="note">{html.escape(t.note)}</p>')
+    _study_case_tables(experiment, ct, index, split, tracking_uri, rep, body)
 
     # ----------------------------------------------------------------------------- figures
     body.append("<h2>Figures</h2>")
@@ -243,10 +244,7 @@ def _case_tables(experiment: str, index: pd.DataFrame, split: str, tracking_uri:
         ct = cases.load(index, split, tracking_uri)
         if ct.empty:
             return ct
-        uri = tracking.redact_text(tracking.resolve_tracking_uri(tracking_uri))
-        now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        text = cases.markdown(ct, f"MLflow experiment `{experiment}` (store `{uri}`), split `{split}`, "
-                                  f"generated {now}")
+        text = cases.markdown(ct, _cases_source(experiment, split, tracking_uri))
     except Exception as e:  # noqa: BLE001 - a malformed artifact must not cost the whole report
         rep.notes.append(f"table3_cases: failed ({e.__class__.__name__}: {e})")
         traceback.print_exc()
@@ -257,6 +255,35 @@ def _case_tables(experiment: str, index: pd.DataFrame, split: str, tracking_uri:
     rep.notes.extend(ct.notes)
     body.append(f'<div class="scroll">{page}</div>')
     return ct
+
+
+def _cases_source(experiment: str, split: str, tracking_uri: str | None) -> str:
+    """Where a per-case table came from, for its header."""
+    uri = tracking.redact_text(tracking.resolve_tracking_uri(tracking_uri))
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return f"MLflow experiment `{experiment}` (store `{uri}`), split `{split}`, generated {now}"
+
+
+def _study_case_tables(experiment: str, ct: cases.CaseTables, index: pd.DataFrame, split: str,
+                       tracking_uri: str | None, rep: Report, body: list[str]) -> None:
+    """Seen vs unseen and task scaling from the same per-case rows -> tables/<name>.{md,html} and a
+    section of the page each; a note instead when the experiment has no such runs."""
+    for name, make in studies_cases.TABLES.items():
+        try:
+            text = make(ct, index, _cases_source(experiment, split, tracking_uri))
+        except Exception as e:  # noqa: BLE001 - a malformed artifact must not cost the whole report
+            rep.notes.append(f"{name}: failed ({e.__class__.__name__}: {e})")
+            traceback.print_exc()
+            continue
+        if text is None:
+            note = f"{name}: {studies_cases.MISSING[name]}"
+            rep.notes.append(note)
+            body.append(f'<p class="note">{html.escape(note)}</p>')
+            continue
+        page = _markdown_html(text)
+        rep.markdown[name] = cases.write_atomic(rep.out_dir / "tables" / f"{name}.md", text)
+        rep.tables[name] = cases.write_atomic(rep.out_dir / "tables" / f"{name}.html", page)
+        body.append(f'<div class="scroll">{page}</div>')
 
 
 def _markdown_html(text: str) -> str:
