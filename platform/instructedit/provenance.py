@@ -10,6 +10,13 @@ import shlex
 import sys
 from pathlib import Path
 
+# The tags every training run carries (train/run.py run_tags) and a study trial adds
+# (studies/trial.py): analysis labels rows by them (`method` is the display name), so a study's
+# bundle, whose label becomes a tag of its own name, must not take one of these names.
+RUN_TAG_KEYS = ("kind", "mode", "method", "tasks", "dataset_hash", "instruction_setting", "seed", "model",
+                "model_source")
+TRIAL_TAG_KEYS = ("study", "trial_id", "trial_name")
+
 
 def command_line(argv: list[str] | None = None) -> str:
     """The command as a user would type it: `instructedit train ...`, `python -m instructedit.demo ...`."""

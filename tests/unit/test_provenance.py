@@ -18,3 +18,11 @@ def test_model_source_names_the_file_and_the_yaml():
 
 def test_budget_is_steps_times_batch():
     assert budget(40, 8) == 320 and budget(None, 8) is None
+
+
+def test_run_tag_keys_name_the_tags_a_training_run_carries():
+    from instructedit.config import load_run_config
+    from instructedit.provenance import RUN_TAG_KEYS
+    from instructedit.train.run import run_tags
+
+    assert tuple(run_tags(load_run_config("tiny-test"), "hash")) == RUN_TAG_KEYS

@@ -10,7 +10,8 @@ DESCRIPTION = (
     "metrics of the training tasks only; test metrics are reported as results. MLflow gets one parent run per study and one nested run "
     "per trial; the parent holds summary.csv (trial x metrics) and the best trial's config. An "
     "interrupted study (Ctrl+C, a lost machine, --stop-after) continues with --resume without "
-    "rerunning finished trials. --set key=value overrides the run config of every trial "
+    "rerunning finished trials; on a fresh machine (no Tune folder), --skip-finished runs only the grid "
+    "points that no earlier run of the study finished with test results in the MLflow store. --set key=value overrides the run config of every trial "
     "(train.max_steps=50) or, prefixed with study., the study itself (study.test.max_records=50)."
 )
 
@@ -21,6 +22,10 @@ def add_arguments(p) -> None:
                    help="grid/random: samples per grid point; optuna: trials (default: the YAML's)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at a time (default: the YAML's)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study (Tuner.restore)")
+    p.add_argument("--skip-finished", action="store_true",
+                   help="grid studies: leave out the points that earlier runs of this study finished (trial runs "
+                        "FINISHED with test metrics in --tracking-uri's store); with --stop-after 1 it runs the "
+                        "next point left. Not with --resume or optuna")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                    help="run-config overrides for every trial, or study.<field>=value for the study")
     p.add_argument("--storage", default="runs/studies", help="folder of study experiment directories")
@@ -59,6 +64,28 @@ def _print_table(out, results: tuple[str, ...] = ()) -> None:
     print(f"(best trial by {out.metric}, a validation metric of the training tasks; test metrics are results only)")
 
 
+def _points_left(spec, run_ov: dict, args) -> list[dict]:
+    """--skip-finished: the grid points (Tune configs) no earlier run of this study finished; says
+    which it skips, in which MLflow run it found each, and when nothing is left."""
+    from ..studies.finished import describe, skip_finished
+
+    left = skip_finished(spec, run_ov, args.tracking_uri, args.trials)
+    for note in left.notes:
+        print(f"[study {spec.name}] note: {note}")
+    trials = args.trials or spec.trials
+    for point, run_ids in left.done:
+        times = f" ({len(run_ids)} of {trials} repeats)" if trials > 1 or len(run_ids) > 1 else ""
+        print(f"[study {spec.name}] skip {describe(spec, point)}: finished in MLflow run "
+              f"{', '.join(run_ids)}{times}")
+    where = f"experiment {left.experiment!r}, {left.tracking_uri}"
+    if not left.points:
+        print(f"study {spec.name}: nothing left to run: all {left.total} trials finished ({where})")
+    else:
+        print(f"[study {spec.name}] {len(left.points)} of {left.total} trials left ({where}); "
+              f"next: {describe(spec, left.points[0])}")
+    return left.points
+
+
 def run(args) -> int:
     import sys
 
@@ -75,6 +102,13 @@ def run(args) -> int:
     try:
         study_ov, run_ov = _split_overrides(args.overrides)
         spec = load_study(args.name, study_ov)
+        if args.skip_finished:
+            from ..studies.finished import skip_error
+
+            why = skip_error(spec, args.resume)
+            if why:
+                print(f"instructedit study: {why}", file=sys.stderr)
+                return 2
         if args.show:
             print(dump(spec))
             print("# base run config of every trial (before the searched values):")
@@ -84,6 +118,16 @@ def run(args) -> int:
         print(f"instructedit study: {e}", file=sys.stderr)
         return 2
 
+    points = None
+    if args.skip_finished:
+        try:
+            points = _points_left(spec, run_ov, args)
+        except ConfigError as e:
+            print(f"instructedit study: {e}", file=sys.stderr)
+            return 2
+        if not points:
+            return 0
+
     from ..ray_session import setup_logging
     from ..studies.runner import run_study
 
@@ -92,7 +136,8 @@ def run(args) -> int:
     try:
         out = run_study(spec, extra_overrides=run_ov, storage=args.storage, tracking_uri=args.tracking_uri,
                         resume=args.resume, trials=args.trials, max_concurrent=args.max_concurrent,
-                        stop_after=args.stop_after, address=args.address, verbose=not args.quiet)
+                        stop_after=args.stop_after, address=args.address, verbose=not args.quiet,
+                        points=points)
     except (FileExistsError, FileNotFoundError, ConfigError) as e:
         print(f"instructedit study: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,8 @@
 - Resume: `Tuner.restore(resume_unfinished=True)`: finished and failed trials are kept as they are,
   unfinished ones continue (their Ray Train runs from the latest checkpoint), the searcher's state
   continues, and the same parent run is reopened.
+- Skip finished (`points`, from finished.remaining_points): a new study of just the grid points
+  earlier invocations have not finished in MLflow (Tune's folder does not outlive a machine).
 - `stop_after=N`: stop the study once N more trials have finished (the rest stay pending for
   --resume); tests use it to interrupt a study at a known point.
 """
@@ -44,6 +46,7 @@ STATE_JSON = "study.json"
 STATE_PKL = "study.pkl"
 STOP_FILE = "stop_after"
 SUMMARY = "summary.csv"
+POINT = "point"  # the Tune config key of an explicit point list (param_space with points)
 INFO_KEYS = ("mlflow_run_id", "editor_path", "stopped", "best_step", "train/steps")
 
 
@@ -108,8 +111,18 @@ def _domain(p: Param, searcher: str):
     return tune.randint(int(p.low), int(p.high))
 
 
-def param_space(spec: StudySpec) -> dict[str, Any]:
-    return {p.key: _domain(p, spec.searcher) for p in spec.space}
+def param_space(spec: StudySpec, points: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The study's space; with `points` (--skip-finished), exactly those Tune configs instead: what is
+    left of a grid is rarely a product of values, so Tune grids over the points' indices (`point`)
+    and every searched key reads its value from the indexed point."""
+    if points is None:
+        return {p.key: _domain(p, spec.searcher) for p in spec.space}
+    from ray import tune
+
+    space: dict[str, Any] = {POINT: tune.grid_search(list(range(len(points))))}
+    for p in spec.space:
+        space[p.key] = tune.sample_from(lambda config, key=p.key: points[config[POINT]][key])
+    return space
 
 
 def _search_alg(spec: StudySpec):
@@ -238,8 +251,11 @@ def run_study(
     address: str | None = None,
     hooks: StudyHooks | None = None,
     verbose: bool = True,
+    points: list[dict[str, Any]] | None = None,
 ) -> StudyOutcome:
-    """Run (or with `resume`, continue) the study; returns its trials, best trial and MLflow ids."""
+    """Run (or with `resume`, continue) the study; returns its trials, best trial and MLflow ids.
+    `points` (Tune configs, repeats included; finished.remaining_points) replaces the grid x
+    `trials`: what --skip-finished left to run."""
     from ray import tune
 
     from ..train.trainer import init_ray
@@ -256,6 +272,7 @@ def run_study(
         saved = pickle.loads(state_pkl.read_bytes())
         info = json.loads(state_json.read_text())
         spec, extra_overrides, frozen = saved["spec"], saved["extra"], saved.get("base")
+        points = saved.get("points")  # the restored Tuner keeps its own space; this counts its trials
         why = selection_error(spec.metric)
         if why:  # a study started before selection moved to validation metrics
             raise ConfigError(f"{state_pkl}: study.metric: {why}; start a new study (another --storage)")
@@ -270,6 +287,8 @@ def run_study(
             spec = _replace(spec, trials=trials)
         if max_concurrent:
             spec = _replace(spec, max_concurrent=max_concurrent)
+        if points is not None and not points:
+            raise ConfigError(f"study {spec.name!r}: no trials left to run")
     extra = dict(extra_overrides or {})
     # The base config is resolved once and frozen (study.pkl): a run YAML edited while the study runs,
     # or before a resume, must not change the trials that follow.
@@ -310,11 +329,12 @@ def run_study(
     with tracking.run(experiment, spec.name, params=None if prior_run_id else parent_params(spec, base), tags=tags,
                       tracking_uri=uri, run_id=prior_run_id) as parent_id:
         if not prior_run_id:
-            state_pkl.write_bytes(pickle.dumps({"spec": spec, "extra": extra, "base": to_dict(base)}))
+            state_pkl.write_bytes(pickle.dumps({"spec": spec, "extra": extra, "base": to_dict(base),
+                                                "points": points}))
             state_json.write_text(json.dumps({"study": spec.name, "parent_run_id": parent_id, "tracking_uri": uri,
                                               "experiment": experiment, "created": time.time()}, indent=1) + "\n")
             tracking.log_text(dump(spec), "study.yaml")
-        say(f"{'resuming' if resume else 'starting'}: {expected_trials(spec)} trials ({spec.searcher} search, scheduler "
+        say(f"{'resuming' if resume else 'starting'}: {expected_trials(spec, points)} trials ({spec.searcher} search, scheduler "
             f"{spec.scheduler.type}, {spec.max_concurrent} at a time) -> {sdir}; MLflow parent run {parent_id} "
             f"(experiment {experiment!r}, {uri})")
 
@@ -328,9 +348,10 @@ def run_study(
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space=param_space(spec),
+                param_space=param_space(spec, points),
                 tune_config=tune.TuneConfig(
-                    num_samples=spec.trials, search_alg=_search_alg(spec), scheduler=_scheduler(spec, base),
+                    num_samples=1 if points is not None else spec.trials,  # points carry their repeats
+                    search_alg=_search_alg(spec), scheduler=_scheduler(spec, base),
                     max_concurrent_trials=spec.max_concurrent, trial_name_creator=_trial_name,
                     trial_dirname_creator=_trial_name,
                 ),
@@ -344,7 +365,7 @@ def run_study(
         grid = tuner.fit()
         rows = collect(grid, spec)
         _close_child_runs(rows, spec.name, experiment, uri)
-        finished = not any(r.status == "pending" for r in rows) and len(rows) >= expected_trials(spec)
+        finished = not any(r.status == "pending" for r in rows) and len(rows) >= expected_trials(spec, points)
         best = best_trial(rows, spec.metric, spec.mode)
         best_cfg = apply_overrides(base, spec.trial_overrides(best.config)) if best else None
         summary = _log_parent(rows, best, best_cfg, spec, sdir, finished)
@@ -357,8 +378,11 @@ def run_study(
     return out
 
 
-def expected_trials(spec: StudySpec) -> int:
-    """grid/random: Tune expands every grid dimension once per sample; optuna: `trials` trials."""
+def expected_trials(spec: StudySpec, points: list[dict[str, Any]] | None = None) -> int:
+    """grid/random: Tune expands every grid dimension once per sample; optuna: `trials` trials; an
+    explicit point list (--skip-finished): one trial per point."""
+    if points is not None:
+        return len(points)
     return spec.trials if spec.searcher == "optuna" else spec.n_grid() * spec.trials
 
 

@@ -62,6 +62,7 @@ from ..config import (
     selection_error,
     to_dict,
 )
+from ..provenance import RUN_TAG_KEYS, TRIAL_TAG_KEYS
 
 STUDY_DIR = CONFIG_DIR / "studies"
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -269,6 +270,9 @@ def _param(key: str, spec: Any, where: str) -> Param:
         if isinstance(vals, dict):  # a bundle: label -> dotted overrides
             if not vals or not all(isinstance(v, dict) for v in vals.values()):
                 raise ConfigError(f"{where}: space.{key}.{kind}: a bundle maps labels to mappings of dotted keys")
+            if key in RUN_TAG_KEYS + TRIAL_TAG_KEYS:  # its label would overwrite that tag of the trial's run
+                raise ConfigError(f"{where}: space.{key}: a bundle named {key!r} would overwrite the runs' "
+                                  f"{key!r} tag; name it otherwise (e.g. 'arm')")
             return Param(key, kind, tuple(str(k) for k in vals), {str(k): dict(v) for k, v in vals.items()})
         if not isinstance(vals, list) or not vals:
             raise ConfigError(f"{where}: space.{key}.{kind} must be a non-empty list (or a bundle mapping)")

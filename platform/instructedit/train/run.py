@@ -73,6 +73,7 @@ def dataset_manifest(cfg: RunConfig, train: list, val: list) -> tuple[str, str]:
 
 
 def run_tags(cfg: RunConfig, dataset_hash: str) -> dict[str, str]:
+    # keys: provenance.RUN_TAG_KEYS (tests check they agree)
     return {"kind": "train", "mode": cfg.mode, "method": methods.get(cfg.mode).display, "tasks": ",".join(cfg.data.tasks),
             "dataset_hash": dataset_hash, "instruction_setting": cfg.data.instruction_setting,
             "seed": str(cfg.train.seed), "model": cfg.model, "model_source": model_source(cfg.model)}

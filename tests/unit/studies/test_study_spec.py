@@ -156,6 +156,9 @@ def test_precedence_base_overrides_budget_set_then_trial(tmp_path):
     ("{editor.rank: {grid: [8, oops]}}", "editor.rank"),
     ("{data.tasks: {grid: [[recent], [nosuchtask]]}}", "nosuchtask"),
     ("{arm: {grid: {a: {editor.nope: 1}}}}", "nope"),
+    # a bundle's label becomes a tag of its name: `method` would replace the method's display name
+    ("{method: {grid: {a: {mode: multi-task}}}}", "overwrite the runs' 'method' tag"),
+    ("{seed: {grid: {a: {train.seed: 1}}}}", "overwrite the runs' 'seed' tag"),
 ])
 def test_bad_spaces_are_rejected_with_the_key(tmp_path, space, match):
     p = write(tmp_path, f"overrides: {{model: tiny-llama}}\nspace: {space}\nmetric: val/reliability\n")
