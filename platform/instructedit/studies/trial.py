@@ -83,7 +83,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     from ..data.pipeline import load_records
     from ..evaluate.runner import log_results
     from ..train.run import RUN_INFO, train_run
-    from ..train.trainer import resolve_use_gpu
+    from ..train.trainer import resolve_use_gpu, worker_threads
 
     spec = ctx.spec
     tctx = tune.get_context()
@@ -129,7 +129,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         result = ray.get(evaluate.remote(
             records, str(Path(ctx.study_dir) / EVAL_DIR / trial_id / plan.split), str(out.checkpoint), setting, plan.split,
             plan.batch_size, cfg.train.max_length, cfg.data.seed, cfg.data.instruction_set, ctx.env,
-            ctx.verbose))
+            ctx.verbose, worker_threads(cfg.train.torch_threads, spec.max_concurrent)))
         log_results(result, plan.split, run_id=out.run_id, tracking_uri=ctx.tracking_uri)
         final = {**out.best_metrics, **result.metrics, FINAL: 1.0, "train/steps": out.steps,
                  "best_step": out.best_step, "stopped": out.stopped, "mlflow_run_id": out.run_id,
@@ -144,10 +144,14 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
 
 def _evaluate(records: list, out_dir: str, checkpoint: str, setting: str, split: str, batch_size: int,
-              max_length: int, seed: int, instruction_set: str, env: dict, verbose: bool):
+              max_length: int, seed: int, instruction_set: str, env: dict, verbose: bool, threads: int):
     """A Ray task: the batched, resumable evaluation runner on this task's device."""
     os.environ.update(env)
     import torch
+
+    # Ray sets OMP_NUM_THREADS=1 in a 1-CPU task: the test of a 600-step trial ran on one of two cores
+    # (load 1.1 while it ran); the trial's share of the node's cores instead, as training workers get.
+    torch.set_num_threads(threads)
 
     from ..evaluate.runner import EvalTarget, run_evaluation
 
