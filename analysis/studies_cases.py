@@ -127,7 +127,9 @@ def seen_unseen(ct: cases.CaseTables, index: pd.DataFrame, source: str) -> str |
         return None
     runs = editor_runs(ct, index)
     runs, notes = _without_named(runs[runs["instruction_setting"].isin([SEEN, UNSEEN])])
-    runs = from_comparing_studies(runs, "instruction_setting")
+    kept = from_comparing_studies(runs, "instruction_setting")
+    # an unseen re-evaluation of a study trial's editor pairs with that trial's own (seen) test
+    runs = runs[runs["run_id"].isin(kept["run_id"]) | runs["run_id"].isin(kept["editor_run"])]
     metrics = list(TABLE_METRICS)
     sections = []
     for (row, train), g in runs.groupby(["row", "train_tasks"], sort=False):

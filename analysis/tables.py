@@ -223,13 +223,14 @@ def _eval_rows(tidy: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def _cell_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """Which of several runs reporting the same cell count: evaluation runs over training runs, runs
-    outside studies over study trials, seen (or no) instructions over unseen ones."""
+    """Which of several runs reporting the same cell count: seen (or no) instructions over unseen ones
+    (first: an unseen re-evaluation of an editor is the seen-vs-unseen table's, never its Table 3
+    cell), then evaluation runs over training runs, runs outside studies over study trials."""
     return prefer(
         rows,
+        lambda r: r["instruction_setting"] != "unseen",
         lambda r: r["kind"] == "eval",
         lambda r: r["study"] == "",
-        lambda r: r["instruction_setting"] != "unseen",
     )
 
 

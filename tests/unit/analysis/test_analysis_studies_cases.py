@@ -199,3 +199,23 @@ def test_experiment_without_such_runs_gets_notes(tmp_path):
     assert any(n.startswith("seen_unseen_cases: no InstructEdit evaluation with unseen") for n in rep.notes)
     assert any(n.startswith("task_scaling_cases: needs InstructEdit editors") for n in rep.notes)
     assert "task_scaling_cases: needs" in rep.path.read_text()
+
+
+def test_an_unseen_reevaluation_never_replaces_table3_cells():
+    """A study trial tested (seen) on ZsRE + CounterFact, then its editor re-evaluated outside the
+    study with unseen instructions on CounterFact only: Table 3 keeps the trial's seen cells of both
+    tasks (choosing per row and row-level 'outside studies first' took the unseen run and lost ZsRE)."""
+    from analysis import cases as cases_mod
+
+    rows = [{"source": src, "method": "InstructEdit", "seed": "0", "task": task, "case_id": f"{task}{i}",
+             "reliability": 1.0} for src, tasks in (("trial", ("zsre", "counterfact")), ("unseen", ("counterfact",)))
+            for task in tasks for i in range(3)]
+    runs = pd.DataFrame([
+        {"run_id": "trial", "row": "InstructEdit", "method_tag": "InstructEdit", "study": "table3",
+         "instruction_setting": "seen", "tasks": "counterfact,recent,convsent", "start_time": 1},
+        {"run_id": "unseen", "row": "InstructEdit", "method_tag": "InstructEdit", "study": "",
+         "instruction_setting": "unseen", "tasks": "counterfact,recent,convsent", "start_time": 2},
+    ])
+    kept, used = cases_mod.choose(pd.DataFrame(rows), runs)
+    assert set(kept["source"]) == {"trial"} and sorted(kept["task"].unique()) == ["counterfact", "zsre"]
+    assert list(used["used"]) == [True, False]
