@@ -91,6 +91,21 @@ def drift(values: list[float]) -> float | None:
     return statistics.fmean(values[-q:]) - statistics.fmean(values[q:2 * q])
 
 
+def memory_summary(sampler: TreeSampler) -> dict:
+    """Peaks and drifts of the training worker and the whole tree, the target, and the samples."""
+    worker = [s["worker_mb"] for s in sampler.samples if s["worker_mb"] > 0]
+    tree = [s["tree_mb"] for s in sampler.samples]
+    return {
+        "worker_peak_mb": max(worker, default=None),
+        "worker_drift_mb": drift(worker),
+        "tree_peak_mb": max(tree, default=None),
+        "tree_drift_mb": drift(tree),
+        "target_peak_mb": TARGET_PEAK_MB,
+        "meets_target": bool(worker) and max(worker) <= TARGET_PEAK_MB,
+        "samples": [{k: round(v, 1) for k, v in s.items()} for s in sampler.samples],
+    }
+
+
 def write_json(path: Path, result: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -107,15 +122,10 @@ def sample_command(args) -> int:
     load0, t0 = os.getloadavg(), time.time()
     with TreeSampler(args.every) as sampler:
         rc = subprocess.call(args.command, shell=True)
-    worker = [s["worker_mb"] for s in sampler.samples if s["worker_mb"] > 0]
-    tree = [s["tree_mb"] for s in sampler.samples]
     write_json(Path(args.out), {
         "benchmark": "train_memory", "command": args.command, "returncode": rc,
         "wall_s": time.time() - t0, "loadavg_start": load0, "loadavg_end": os.getloadavg(),
-        "worker_peak_mb": max(worker, default=None), "worker_drift_mb": drift(worker),
-        "tree_peak_mb": max(tree, default=None), "tree_drift_mb": drift(tree),
-        "target_peak_mb": TARGET_PEAK_MB, "meets_target": bool(worker) and max(worker) <= TARGET_PEAK_MB,
-        "samples": [{k: round(v, 1) for k, v in s.items()} for s in sampler.samples],
+        **memory_summary(sampler),
     })
     return rc
 
@@ -161,8 +171,6 @@ def main() -> int:
     load1 = os.getloadavg()
     ray.shutdown()
 
-    worker = [s["worker_mb"] for s in sampler.samples if s["worker_mb"] > 0]
-    tree = [s["tree_mb"] for s in sampler.samples]
     logged = [v for _, v in tracking.metric_history(out.run_id, "system/worker_rss_mb", uri)]
     result = {
         "benchmark": "train_memory",
@@ -175,15 +183,9 @@ def main() -> int:
         "s_per_step": wall / max(out.steps, 1),
         "loadavg_start": load0,
         "loadavg_end": load1,
-        "worker_peak_mb": max(worker, default=None),
-        "worker_drift_mb": drift(worker),
-        "tree_peak_mb": max(tree, default=None),
-        "tree_drift_mb": drift(tree),
         "logged_worker_rss_mb": logged,
         "logged_worker_drift_mb": drift(logged),
-        "target_peak_mb": TARGET_PEAK_MB,
-        "meets_target": bool(worker) and max(worker) <= TARGET_PEAK_MB,
-        "samples": [{k: round(v, 1) for k, v in s.items()} for s in sampler.samples],
+        **memory_summary(sampler),
     }
     write_json(Path(args.out), result)
     return 0

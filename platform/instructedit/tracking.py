@@ -305,7 +305,7 @@ def download_artifacts(run_id: str, artifact_path: str = "", dst: str | None = N
                        tracking_uri: str | None = None) -> str:
     configure(tracking_uri)
     dst = dst or tempfile.mkdtemp(prefix="instructedit-artifacts-")
-    moved = moved_artifacts(run_id)
+    moved = moved_artifacts(run_id, tracking_uri)
     if moved is not None:
         Path(dst).mkdir(parents=True, exist_ok=True)  # as mlflow.artifacts.download_artifacts does
         return LocalArtifactRepository(moved.as_uri()).download_artifacts(artifact_path, dst_path=dst)
@@ -314,7 +314,7 @@ def download_artifacts(run_id: str, artifact_path: str = "", dst: str | None = N
 
 def list_artifacts(run_id: str, path: str = "", tracking_uri: str | None = None) -> list[str]:
     configure(tracking_uri)
-    moved = moved_artifacts(run_id)
+    moved = moved_artifacts(run_id, tracking_uri)
     if moved is not None:
         return [a.path for a in LocalArtifactRepository(moved.as_uri()).list_artifacts(path or None)]
     return [a.path for a in MlflowClient().list_artifacts(run_id, path)]

@@ -62,7 +62,7 @@ def test_a_moved_store_still_serves_its_artifacts(tmp_path, monkeypatch):
     shutil.copytree(old, new)
     shutil.rmtree(tmp_path / "old")
     uri = f"sqlite:///{new / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the store given explicitly, as --tracking-uri does
     moved = tracking.moved_artifacts(rid, uri)
     assert moved is not None and moved.is_relative_to(new / "artifacts") and moved.name == "artifacts"
     assert tracking.list_artifacts(rid, "eval/test", tracking_uri=uri) == ["eval/test/cases.txt"]

@@ -147,7 +147,7 @@ def _key(spec: StudySpec, point: dict[str, Any]) -> tuple:
 
 
 def describe(spec: StudySpec, point: dict[str, Any]) -> str:
-    """A point as the progress lines show it: `method=instructedit train.seed=0`."""
+    """A point as the progress lines show it: `arm=instructedit train.seed=0`."""
     return " ".join(f"{k}={v}" for k, v in spec.labels(point).items())
 
 
