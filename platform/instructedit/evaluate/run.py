@@ -107,8 +107,12 @@ def plan(req: EvalRequest) -> EvalPlan:
         editor_run = tracking.get_run(req.run, req.tracking_uri) if req.run else None
         info = runner.checkpoint_info(checkpoint)
         if editor_run is not None:
+            # The checkpoint's own run config says how the editor was trained; the run's tags only
+            # fill what it leaves out (a study trial's run is tagged with the setting it was *tested*
+            # in: the instructions study's unseen arm trains on seen instructions).
             t = editor_run.data.tags
-            info = {**info, **{k: t[k] for k in ("mode", "tasks", "instruction_setting") if t.get(k)}}
+            info = {**{k: t[k] for k in ("mode", "tasks", "instruction_setting") if t.get(k)},
+                    **{k: v for k, v in info.items() if v}}
         target = runner.EvalTarget("editor", checkpoint=checkpoint, device=device)
         tags = runner.method_tags("editor", info.get("mode", ""))
         tags["tasks"] = info.get("tasks", "")
