@@ -313,11 +313,22 @@ def _markdown_html(text: str) -> str:
     return "".join(out)
 
 
-def publish_tables(rep: Report, results_dir: str | Path) -> list[Path]:
+# Every Markdown table a report can make (the metric tables, Table 3 from per-case results, the
+# study tables): what publish_tables may replace or remove in a results folder, and nothing else.
+TABLE_STEMS = ("table3", "table1", "table3_cases", *studies_cases.TABLES)
+
+
+def publish_tables(rep: Report, results_dir: str | Path) -> tuple[list[Path], list[Path]]:
     """Copy the Markdown tables this report made to `results_dir` (e.g. docs/results/table3), each
-    written via a temporary file and a rename."""
-    return [cases.write_atomic(Path(results_dir) / p.name, p.read_text(encoding="utf-8"))
-            for p in rep.markdown.values()]
+    written via a temporary file and a rename, and remove the report tables there that this report
+    no longer makes (a table of runs since deleted must not outlive them). -> (written, removed)"""
+    folder = Path(results_dir)
+    written = [cases.write_atomic(folder / p.name, p.read_text(encoding="utf-8")) for p in rep.markdown.values()]
+    stale = [folder / f"{stem}.md" for stem in TABLE_STEMS if stem not in rep.markdown]
+    removed = [p for p in stale if p.is_file()]
+    for p in removed:
+        p.unlink()
+    return written, removed
 
 
 def _runs_table(index: pd.DataFrame, ui_url: str) -> str:

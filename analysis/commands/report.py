@@ -26,7 +26,8 @@ def add_arguments(p) -> None:
                    help="only these MLflow runs and their child runs (default: every run of the experiment)")
     p.add_argument("--results-dir", default=None, metavar="DIR",
                    help="also write the Markdown tables there (e.g. docs/results/table3), each via a "
-                        "temporary file and a rename")
+                        "temporary file and a rename; report tables there that this report no longer "
+                        "makes are removed")
 
 
 def run(args) -> int:
@@ -39,7 +40,10 @@ def run(args) -> int:
         print(f"note: {note}")
     print(f"tables:  {', '.join(str(p) for p in rep.tables.values()) or 'none'}")
     if args.results_dir:
-        print(f"results: {', '.join(str(p) for p in publish_tables(rep, args.results_dir)) or 'none'}")
+        written, removed = publish_tables(rep, args.results_dir)
+        print(f"results: {', '.join(str(p) for p in written) or 'none'}")
+        if removed:
+            print(f"removed (no longer made by this report): {', '.join(str(p) for p in removed)}")
     print(f"figures: {', '.join(str(p) for p in rep.figures.values()) or 'none'}")
     if rep.run_id:
         print(f"logged to MLflow run {rep.run_id}")

@@ -74,6 +74,10 @@ def store(tmp_path_factory):
 def test_report_tables_from_per_case_artifacts(store, capsys):
     uri, v, tmp = store
     out, results = tmp / "rep", tmp / "docs" / "table3"
+    # a table an earlier report made that this one does not, and a file no report makes
+    results.mkdir(parents=True)
+    (results / "task_scaling_cases.md").write_text("stale")
+    (results / "README.md").write_text("mine")
     assert cli.main(["report", "--experiment", EXP, "--tracking-uri", uri, "--out", str(out), "--no-log",
                      "--results-dir", str(results)]) == 0
     printed = capsys.readouterr().out
@@ -110,3 +114,5 @@ def test_report_tables_from_per_case_artifacts(store, capsys):
     # --results-dir: the same Markdown, written whole (no temporary file left)
     assert (results / "table3_cases.md").read_text() == text and (results / "table3.md").exists()
     assert not list(results.glob("*.tmp")) and str(results / "table3_cases.md") in printed
+    assert not (results / "task_scaling_cases.md").exists() and "removed (no longer made" in printed
+    assert (results / "README.md").read_text() == "mine"
