@@ -95,6 +95,7 @@ def test_parent_and_child_runs_carry_params_metrics_and_artifacts(smoke):
     for c in by_tasks.values():
         tasks = SMOKE_TASKS[c["params.search.data.tasks"]]
         assert c["tags.kind"] == "trial" and c["tags.study"] == "smoke"
+        assert c["tags.command"] == t["command"]  # the study's command, not Ray's worker's argv
         assert c["tags.mode"] == "instructedit" and c["tags.method"] == "InstructEdit"
         assert c["tags.tasks"] == ",".join(tasks) and c["tags.instruction_setting"] == "seen"
         assert c["params.data.tasks"] == str(tasks) and c["params.train.max_steps"] == "4"

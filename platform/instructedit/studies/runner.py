@@ -39,6 +39,7 @@ from ray.tune import Callback
 
 from .. import tracking
 from ..config import ConfigError, RunConfig, apply_overrides, flatten, from_dict, selection_error, to_dict
+from ..provenance import command_line
 from .spec import Param, StudySpec, dump
 from .trial import FINAL, TRAIN_DIR, StudyHooks, TrialContext, run_trial
 
@@ -339,7 +340,7 @@ def run_study(
             f"(experiment {experiment!r}, {uri})")
 
         ctx = TrialContext(spec=spec, base=to_dict(base), parent_run_id=parent_id, tracking_uri=uri, experiment=experiment,
-                           study_dir=str(sdir), env=_env(), hooks=hooks, verbose=verbose)
+                           study_dir=str(sdir), env=_env(), hooks=hooks, verbose=verbose, command=command_line())
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
         if resume:

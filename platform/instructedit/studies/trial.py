@@ -60,6 +60,7 @@ class TrialContext:
     env: dict[str, str] = field(default_factory=dict)  # absolute data/instruction-set dirs
     hooks: StudyHooks | None = None
     verbose: bool = True
+    command: str = ""  # the driver's command line (a trial's own argv is Ray's worker's)
 
 
 def trial_tags(spec: StudySpec, point: dict[str, Any], trial_id: str, trial_name: str) -> dict[str, str]:
@@ -100,6 +101,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     train_root = Path(ctx.study_dir) / TRAIN_DIR
     resume = any(train_root.glob(f"{cfg.name}-*/{RUN_INFO}"))
     tags = {**trial_tags(spec, point, trial_id, trial_name), "instruction_setting": setting}
+    if ctx.command:
+        tags["command"] = ctx.command
     say(f"{'resuming' if resume else 'training'}: {spec.labels(point)}")
     out = train_run(
         cfg, resume=resume, tracking_uri=ctx.tracking_uri, storage_path=str(train_root),
