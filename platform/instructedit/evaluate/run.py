@@ -118,9 +118,7 @@ def plan(req: EvalRequest) -> EvalPlan:
         tags["tasks"] = info.get("tasks", "")
         tags.update({k: info[k] for k in ("seed", "step") if info.get(k)})  # seeds are aggregated in tables
         defaults = default_tasks([t for t in info.get("tasks", "").split(",") if t])
-        trained_with = info.get("instruction_setting") or "none"
-        instructed_edit = trained_with != "none"  # edit from the instructed input only if trained on it
-        setting = req.instructions or (trained_with if instructed_edit else "seen")
+        setting, instructed_edit = runner.instruction_use(info.get("instruction_setting", ""), req.instructions)
         name = req.run or run_folder or Path(checkpoint).resolve().parent.name
         extra = {"info": info, "editor_run": editor_run, "found": found.line()}
     else:

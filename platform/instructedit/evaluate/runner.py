@@ -102,6 +102,16 @@ def checkpoint_info(path: str | Path) -> dict:
             "step": str(ckpt.get("step", ""))}
 
 
+def instruction_use(trained_with: str, asked: str | None = None) -> tuple[str, bool]:
+    """(instruction setting of the *_instructed probes, edit from the instructed input) for an editor
+    trained with `trained_with` ("" or "none": without instructions). An editor edits from the
+    instructed input only if it was trained on it; every method's instructed probes are scored,
+    with `asked`, else the editor's own setting, else the seen pool (so a multi-task MEND editor
+    gets the same instructed columns as InstructEdit and the baselines)."""
+    instructed_edit = (trained_with or "none") != "none"
+    return asked or (trained_with if instructed_edit else "seen"), instructed_edit
+
+
 def method_tags(kind: str, mode: str = "") -> dict[str, str]:
     """The `mode` and `method` tags of a target kind (an editor: of the method it was trained as)."""
     return methods.get(kind if kind != "editor" else (mode or methods.DEFAULT_TRAINED)).tags()

@@ -82,7 +82,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     from .. import tracking
     from ..config import RunConfig, apply_overrides, from_dict
     from ..data.pipeline import load_records
-    from ..evaluate.runner import log_results
+    from ..evaluate.runner import instruction_use, log_results
     from ..train.run import RUN_INFO, train_run
     from ..train.trainer import resolve_use_gpu, worker_threads
 
@@ -94,7 +94,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     cfg = apply_overrides(base, {**spec.trial_overrides(point), "name": f"{spec.name}-{trial_id}",
                                  "experiment": ctx.experiment})
     plan = spec.trial_plan(point)
-    setting = plan.instruction_setting or cfg.data.instruction_setting
+    setting, instructed_edit = instruction_use(cfg.data.instruction_setting, plan.instruction_setting or None)
     say = (lambda *a: print(f"[trial {trial_id}]", *a, file=sys.stderr, flush=True)) if ctx.verbose else (
         lambda *a: None)
 
@@ -132,7 +132,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         result = ray.get(evaluate.remote(
             records, str(Path(ctx.study_dir) / EVAL_DIR / trial_id / plan.split), str(out.checkpoint), setting, plan.split,
             plan.batch_size, cfg.train.max_length, cfg.data.seed, cfg.data.instruction_set, ctx.env,
-            ctx.verbose, worker_threads(cfg.train.torch_threads, spec.max_concurrent)))
+            ctx.verbose, worker_threads(cfg.train.torch_threads, spec.max_concurrent), instructed_edit))
         log_results(result, plan.split, run_id=out.run_id, tracking_uri=ctx.tracking_uri)
         final = {**out.best_metrics, **result.metrics, FINAL: 1.0, "train/steps": out.steps,
                  "best_step": out.best_step, "stopped": out.stopped, "mlflow_run_id": out.run_id,
@@ -147,7 +147,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
 
 def _evaluate(records: list, out_dir: str, checkpoint: str, setting: str, split: str, batch_size: int,
-              max_length: int, seed: int, instruction_set: str, env: dict, verbose: bool, threads: int):
+              max_length: int, seed: int, instruction_set: str, env: dict, verbose: bool, threads: int,
+              instructed_edit: bool = True):
     """A Ray task: the batched, resumable evaluation runner on this task's device."""
     os.environ.update(env)
     import torch
@@ -156,9 +157,11 @@ def _evaluate(records: list, out_dir: str, checkpoint: str, setting: str, split:
     # (load 1.1 while it ran); the trial's share of the node's cores instead, as training workers get.
     torch.set_num_threads(threads)
 
+    from ..evaluate.core import EvalOptions
     from ..evaluate.runner import EvalTarget, run_evaluation
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return run_evaluation(records, out_dir, target=EvalTarget("editor", checkpoint=checkpoint, device=device),
                           setting=setting, split=split, batch_size=batch_size, max_length=max_length,
-                          seed=seed, instruction_set=instruction_set, progress=verbose)
+                          seed=seed, instruction_set=instruction_set, progress=verbose,
+                          options=EvalOptions(instructed_edit=instructed_edit))

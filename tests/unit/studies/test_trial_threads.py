@@ -16,3 +16,17 @@ def test_the_trial_evaluation_task_sets_its_torch_threads(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert seen["threads"] == 2
+
+
+def test_every_trial_scores_instructed_probes_and_edits_as_trained(monkeypatch):
+    """A multi-task MEND trial (trained without instructions) edits from the plain prompt and still
+    gets the instructed probe columns, as `instructedit evaluate` gives it and every baseline."""
+    seen = {}
+    monkeypatch.setattr(runner, "run_evaluation", lambda *a, **k: seen.update(k))
+    setting, instructed = runner.instruction_use("none")
+    trial._evaluate([], "out", "editor.pt", setting, "test", 16, 96, 0, "", {}, False, 1, instructed)
+    assert seen["setting"] == "seen" and seen["options"].instructed_edit is False
+    assert seen["options"].instructed_probes
+    assert runner.instruction_use("seen") == ("seen", True)
+    assert runner.instruction_use("seen", "unseen") == ("unseen", True)  # the instructions study's unseen arm
+    assert runner.instruction_use("", "unseen") == ("unseen", False)
