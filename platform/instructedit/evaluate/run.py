@@ -126,8 +126,8 @@ def plan(req: EvalRequest) -> EvalPlan:
         target.hyperparameters()  # a flag the method does not take fails here, naming its YAML
         tags = {**runner.method_tags(req.baseline), "tasks": ""}
         defaults = default_tasks()
-        instructed_edit = False  # baselines edit from the plain prompt
-        setting = req.instructions or "seen"
+        # baselines are trained without instructions: they edit from the plain prompt
+        setting, instructed_edit = runner.instruction_use("none", req.instructions)
         name = f"{req.baseline}-{req.model}"
         extra = {}
     tasks = list(dict.fromkeys(req.tasks or defaults))

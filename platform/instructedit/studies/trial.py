@@ -94,7 +94,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     cfg = apply_overrides(base, {**spec.trial_overrides(point), "name": f"{spec.name}-{trial_id}",
                                  "experiment": ctx.experiment})
     plan = spec.trial_plan(point)
-    setting, instructed_edit = instruction_use(cfg.data.instruction_setting, plan.instruction_setting or None)
+    setting, instructed_edit = instruction_use(cfg.data.instruction_setting, plan.instruction_setting)
     say = (lambda *a: print(f"[trial {trial_id}]", *a, file=sys.stderr, flush=True)) if ctx.verbose else (
         lambda *a: None)
 
