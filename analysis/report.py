@@ -53,6 +53,8 @@ CORE_FIGURES = {
     "training_curves": "Training curves: losses and validation metrics over steps, the selected checkpoint marked",
 }
 MISSING_TEXT = "not logged"
+# Run kinds that train an editor and log its loss and validation history (figure: training curves).
+TRAINING_KINDS = ("train", "trial")
 
 
 
@@ -94,6 +96,17 @@ def _gradient_groups(experiment: str, extra: list[str | Path], tracking_uri: str
         except Exception as e:  # noqa: BLE001 - noted in the report, never fatal
             notes.append(f"gradients of run {rid} could not be read: {e}")
     return found
+
+
+def _trained_runs(index: pd.DataFrame, tracking_uri: str | None) -> pd.DataFrame:
+    """The runs that trained an editor, oldest first: kind train (`instructedit train`) or a study
+    trial (the table3 grid trains only that way) with a logged loss history; a trial that only
+    evaluated (a baseline arm) has none. One history query per candidate run."""
+    if not len(index):
+        return index
+    cand = index[index["kind"].isin(TRAINING_KINDS)]
+    have = set(metric_histories(cand["run_id"], keys=[figures.LOSS_KEYS[0]], tracking_uri=tracking_uri)["run_id"])
+    return cand[cand["run_id"].isin(have)]
 
 
 def build_report(experiment: str, out_dir: str | Path | None = None, tracking_uri: str | None = None,
@@ -148,7 +161,7 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
     # ----------------------------------------------------------------------------- figures
     body.append("<h2>Figures</h2>")
     made = []
-    train_runs = index[index["kind"] == "train"] if len(index) else index
+    train_runs = _trained_runs(index, tracking_uri)
     core = {
         "task_bars": lambda: figures.task_bars(tidy, split=split),
         "instructed_vs_plain": lambda: figures.instructed_vs_plain(tidy, split=split),

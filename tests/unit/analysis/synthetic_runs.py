@@ -73,11 +73,11 @@ TRAIN_STEPS, VAL_EVERY, BEST_STEP = 30, 10, 20
 
 
 def _train(experiment: str, name: str, mode: str, method: str, tasks, rng, setting: str,
-           uri: str | None = None) -> str:
+           uri: str | None = None, kind: str = "train") -> str:
     """A training run: losses every 5 steps, val metrics every 10 (best at step 20), provenance tags."""
     params = {"train.batch_size": 8, "train.max_steps": TRAIN_STEPS, "editor.rank": 1920, "model": "tiny-llama",
               "train.seed": 0, "data.tasks": ",".join(tasks), "data.instruction_setting": setting, "mode": mode}
-    tags = _tags("train", mode, method, tasks, instruction_setting=setting, seed=0, model="tiny-llama",
+    tags = _tags(kind, mode, method, tasks, instruction_setting=setting, seed=0, model="tiny-llama",
                  model_source="random weights, seed 0 (configs/models/tiny-llama.yaml)", best_step=BEST_STEP,
                  train_edits=TRAIN_STEPS * 8, checkpoint_edits=BEST_STEP * 8, stopped="max_steps",
                  command=f"instructedit train --config {name}")

@@ -47,3 +47,28 @@ def test_report_of_chosen_runs_only(store, tmp_path):
     assert page.count("<caption><a href=") == 3  # one provenance block per chosen run
     assert "mend-multi" not in page and "Hatched bars" not in page  # one run per cell: every interval shown
     assert {"task_bars", "instructed_vs_plain", "training_curves"} <= set(rep.figures)
+
+
+def test_training_curves_of_a_study_whose_editors_trial_runs_trained(tmp_path, monkeypatch):
+    """The table3 grid trains its editors only in study trials (kind trial): their loss histories are
+    the report's training curves; a trial that only evaluated (a baseline arm) draws none."""
+    import numpy as np
+    import synthetic_runs
+    from instructedit import tracking
+
+    from analysis.report import _trained_runs, build_report
+    from analysis.runs import run_index
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    rng = np.random.default_rng(0)
+    trained = synthetic_runs._train("grid", "ie-trial", "instructedit", "InstructEdit", synthetic_runs.TRAIN, rng,
+                                    "seen", uri=uri, kind="trial")
+    with tracking.run("grid", "pre-edit-trial", tags={"kind": "trial", "mode": "pre-edit", "method": "Pre-edit"},
+                      tracking_uri=uri) as baseline:
+        tracking.log_metrics({"test/zsre/reliability": 0.2})
+    index = run_index("grid", tracking_uri=uri)
+    assert set(index["run_id"]) == {trained, baseline}
+    assert list(_trained_runs(index, uri)["run_id"]) == [trained]
+    rep = build_report("grid", out_dir=tmp_path / "rep", tracking_uri=uri, log=False)
+    assert "training_curves" in rep.figures
