@@ -407,7 +407,10 @@ def provenance(r: pd.Series) -> dict[str, tuple[str, str]]:
     editor_run = _value(r, "editor_run")
     commit = _value(r, "git_commit")
     out["git commit"] = (commit[:12] if commit and commit != "unknown" else "", "")
-    out["dataset hash"] = (_value(r, "dataset_hash")[:16], "")
+    # An evaluation run's hash is of the records it evaluated (instructions left out), a training
+    # run's of its train and validation records.
+    data_hash = _value(r, "dataset_hash")[:16]
+    out["dataset hash"] = (data_hash, "of the records evaluated" if data_hash and str(r.get("kind")) == "eval" else "")
     model = _value(r, "model", "params.model")
     out["base model"] = (model, "")
     src = _value(r, "model_source")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -95,6 +96,21 @@ ARROW_SCHEMA = pa.schema(
         ("edit_input", pa.string()),
     ]
 )
+
+
+# The fields an instruction setting fills in: left out where records are compared across settings.
+INSTRUCTION_FIELDS = ("instruction_id", "instruction", "edit_input")
+
+
+def digest_records(h, records, *, instructions: bool = True) -> None:
+    """Feed `records` to the hash `h` (a hashlib object) in (task, case_id) order, one JSON row each.
+    instructions=False leaves out the instruction fields, so one test set under two instruction
+    settings digests alike (the setting is a tag of its own)."""
+    for r in sorted(records, key=lambda r: (r.task, r.case_id)):
+        row = r.to_row()
+        if not instructions:
+            row = {k: v for k, v in row.items() if k not in INSTRUCTION_FIELDS}
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
 
 
 def records_to_table(records: list[EditRecord]) -> pa.Table:

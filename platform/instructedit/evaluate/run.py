@@ -12,6 +12,7 @@ cumulative-edit mode. The command only parses flags into an `EvalRequest` and pr
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,14 +140,21 @@ def plan(req: EvalRequest) -> EvalPlan:
 
 
 def load(p: EvalPlan) -> list:
-    """The records of the plan's tasks and split (prepared parquet, else the corpora)."""
+    """The records of the plan's tasks and split (prepared parquet, else the corpora). Their digest
+    becomes the plan's `dataset_hash` tag, for a new evaluation run: one hash for the same test
+    records whatever the instruction setting, so the report shows which methods read the same set."""
     from ..data.pipeline import load_records
+    from ..data.record import digest_records
 
     r = p.request
     cfg = RunConfig(data=DataConfig(tasks=tuple(p.tasks), hold_out=(), data_dir=r.data_dir,
                                     prepared_dir=r.prepared_dir, instruction_setting=p.setting,
                                     seed=r.seed, max_records=r.max_records, on_error="skip"))
-    return load_records(cfg, r.split, p.tasks)
+    records = load_records(cfg, r.split, p.tasks)
+    h = hashlib.sha256()
+    digest_records(h, records, instructions=False)
+    p.tags["dataset_hash"] = h.hexdigest()
+    return records
 
 
 def evaluate(p: EvalPlan, records: list) -> runner.EvalResult:

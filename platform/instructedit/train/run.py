@@ -28,6 +28,7 @@ import yaml
 
 from .. import tracking
 from ..config import ConfigError, RunConfig, apply_overrides, flatten, load_task, to_dict
+from ..data.record import digest_records
 from ..editor import methods
 from ..provenance import budget, model_source
 from .checkpoint import EDITOR_FILE
@@ -62,8 +63,8 @@ def dataset_manifest(cfg: RunConfig, train: list, val: list) -> tuple[str, str]:
     h = hashlib.sha256()
     counts: dict[str, dict[str, int]] = {}
     for split, recs in (("train", train), ("val", val)):
-        for r in sorted(recs, key=lambda r: (r.task, r.case_id)):
-            h.update(json.dumps(r.to_row(), sort_keys=True, ensure_ascii=False).encode())
+        digest_records(h, recs)
+        for r in sorted(recs, key=lambda r: r.task):
             counts.setdefault(r.task, {}).setdefault(split, 0)
             counts[r.task][split] += 1
     manifest = {"prepared_dir": None, "built_in_process": True, "tasks": list(cfg.data.tasks),

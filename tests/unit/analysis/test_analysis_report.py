@@ -29,6 +29,8 @@ def test_baseline_and_missing_fields_say_so():
     assert p["model source"][0].startswith("random weights") and "not logged" in p["model source"][1]
     assert p["command"] == ("demo.py", "entry point only (no command tag)")
     assert p["git commit"] == ("", "") and p["dataset hash"] == ("", "")  # shown as "not logged"
+    hashed = provenance(_row(kind="eval", method="Pre-edit", dataset_hash="e" * 64))
+    assert hashed["dataset hash"] == ("e" * 16, "of the records evaluated")
     editor_eval = provenance(_row(kind="eval", method="InstructEdit", editor_run="abcdef0123"))
     assert editor_eval["checkpoint step"][0] == "see editor run abcdef01" == editor_eval["budget"][0]
     planned = provenance(_row(kind="train", **{"params.train.batch_size": "8", "params.train.max_steps": "30"}))

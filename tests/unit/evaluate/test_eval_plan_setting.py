@@ -44,3 +44,20 @@ def test_run_default_setting_is_the_checkpoints(monkeypatch, checkpoint_folder, 
     assert p.instructed_edit
     # Results go back into the trial's run only when they are of the setting that run holds.
     assert evrun._logs_to_editor_run(p) == (expected == run_tag)
+
+
+def test_an_evaluation_run_hashes_the_records_it_reads(shared_data, tmp_path):
+    """A new evaluation run is tagged with the digest of its test records, instructions left out:
+    Pre-edit (no instructions) and an instructed evaluation of the same records hash alike, another
+    set of records does not."""
+    def hashed(**kw):
+        req = evrun.EvalRequest(baseline="pre-edit", model="tiny-llama", tasks=("recent",), split="test",
+                                data_dir=str(shared_data), out=str(tmp_path / "o"), log=False, **kw)
+        p = evrun.plan(req)
+        records = evrun.load(p)
+        return p.tags["dataset_hash"], len(records)
+
+    plain, n = hashed(max_records=6, instructions="none")
+    assert len(plain) == 64 and n > 0
+    assert hashed(max_records=6, instructions="seen") == (plain, n)
+    assert hashed(max_records=3, instructions="none")[0] != plain
