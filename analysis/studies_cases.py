@@ -149,7 +149,8 @@ def seen_unseen(ct: cases.CaseTables, index: pd.DataFrame, source: str) -> str |
             continue
         shown = order_tasks(df["task"].unique())
         part = [head, compare.long_table(df, metrics, shown, [SEEN, UNSEEN]),
-                f"### {UNSEEN} - {SEEN}, paired", compare.difference_table(df, UNSEEN, SEEN, metrics, shown),
+                f"### {UNSEEN} - {SEEN}, paired", compare.difference_table(df, UNSEEN, SEEN, metrics, shown,
+                                                                          same_editors=True),
                 _evaluations(df, g)]
         if dropped:
             part.append("Seeds without both settings left out: " + "; ".join(dropped) + ".")

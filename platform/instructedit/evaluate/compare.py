@@ -60,12 +60,20 @@ def read_cases(root: str | Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _matrix(df: pd.DataFrame, metric: str, case_ids: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
-    """(seeds, cases) values of one method, task and metric; cases in a fixed order."""
+def _matrix(df: pd.DataFrame, metric: str, case_ids: list[str] | None = None,
+            seeds: list | None = None) -> tuple[np.ndarray, list[str]]:
+    """(seeds, cases) values of one method, task and metric; cases (and `seeds`, when given) in a
+    fixed order."""
     wide = df.pivot_table(index="seed", columns="case_id", values=metric, aggfunc="mean")
     cases = case_ids if case_ids is not None else sorted(wide.columns)
     wide = wide.reindex(columns=cases)
+    if seeds is not None:
+        wide = wide.reindex(index=seeds)
     return wide.to_numpy(dtype=float), cases
+
+
+def _seeds_with(df: pd.DataFrame, metric: str) -> set:
+    return set(df.loc[df[metric].notna(), "seed"])
 
 
 def cell(df: pd.DataFrame, method: str, task: str, metric: str, case_ids: list[str] | None = None) -> Cell | None:
@@ -110,17 +118,23 @@ def _dropped_note(commons: dict[str, Common]) -> str:
             "overlap: " + ", ".join(dropped) + ".")
 
 
-def paired_difference(df: pd.DataFrame, a: str, b: str, task: str, metric: str) -> stats.Estimate | None:
-    """mean(a) - mean(b) over the cases of `task` both methods were evaluated on, paired."""
+def paired_difference(df: pd.DataFrame, a: str, b: str, task: str, metric: str,
+                      same_editors: bool = False) -> stats.Estimate | None:
+    """mean(a) - mean(b) over the cases of `task` both methods were evaluated on, paired over cases.
+    `same_editors`: a and b are the same trained editors under two conditions (seed s of a is seed s
+    of b), so seeds are paired too, over the seeds both sides have."""
     sa, sb = (df[(df["method"] == x) & (df["task"] == task)] for x in (a, b))
     if metric not in df or sa.empty or sb.empty:
         return None
     common = common_cases(df, task, [a, b]).case_ids
     if not common:
         return None
-    ma, _ = _matrix(sa, metric, common)
-    mb, _ = _matrix(sb, metric, common)
-    return stats.paired(ma, mb)
+    seeds = sorted(_seeds_with(sa, metric) & _seeds_with(sb, metric)) if same_editors else None
+    if seeds is not None and not seeds:
+        return None
+    ma, _ = _matrix(sa, metric, common, seeds)
+    mb, _ = _matrix(sb, metric, common, seeds)
+    return stats.paired(ma, mb, same_seeds=same_editors)
 
 
 def instruction_gap(df: pd.DataFrame, method: str, task: str, metric: str) -> stats.Estimate | None:
@@ -134,9 +148,10 @@ def instruction_gap(df: pd.DataFrame, method: str, task: str, metric: str) -> st
     cases = sorted(set(sub.loc[sub[metric].notna(), "case_id"]) & set(sub.loc[sub[inst].notna(), "case_id"]))
     if not cases:
         return None
-    a, _ = _matrix(sub, inst, cases)
-    b, _ = _matrix(sub, metric, cases)
-    return stats.paired(a, b)
+    seeds = sorted(_seeds_with(sub, inst) & _seeds_with(sub, metric))  # one editor per seed: paired
+    a, _ = _matrix(sub, inst, cases, seeds)
+    b, _ = _matrix(sub, metric, cases, seeds)
+    return stats.paired(a, b, same_seeds=True)
 
 
 def gap_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = None,
@@ -222,13 +237,15 @@ def long_table(df: pd.DataFrame, metrics: list[str], tasks: list[str] | None = N
     return "\n".join(lines) + _dropped_note(shown)
 
 
-def difference_table(df: pd.DataFrame, a: str, b: str, metrics: list[str], tasks: list[str] | None = None) -> str:
-    """Markdown: `a - b` per task and metric with the paired 95% interval and n."""
+def difference_table(df: pd.DataFrame, a: str, b: str, metrics: list[str], tasks: list[str] | None = None,
+                     same_editors: bool = False) -> str:
+    """Markdown: `a - b` per task and metric with the paired 95% interval and n (`same_editors`:
+    see paired_difference)."""
     tasks = tasks or order_tasks(df["task"].unique())
     lines = [f"| task | metric | {a} - {b} [95% paired CI] | n |", "|---|---|---:|---:|"]
     for t in tasks:
         for m in order(metrics):
-            d = paired_difference(df, a, b, t, m)
+            d = paired_difference(df, a, b, t, m, same_editors)
             if d is not None and d.n:
                 lines.append(f"| {t} | {m} | {fmt(d, m)} | {d.n} |")
     return "\n".join(lines)

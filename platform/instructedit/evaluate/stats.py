@@ -3,7 +3,9 @@
 Every reported cell is a mean over cases with a 95% percentile-bootstrap interval. With several
 training seeds evaluated on the same cases, a value is a (seeds x cases) matrix and each bootstrap
 draw resamples seeds and cases (a two-stage bootstrap), so the interval covers both sources of
-variation. A difference between two methods on the same cases resamples the cases jointly (paired).
+variation. A difference between two methods on the same cases resamples the cases jointly (paired);
+between one set of editors under two conditions (seen vs unseen, instructed vs plain probes), the
+seeds jointly too.
 All draws are seeded: the same values always give the same interval.
 """
 
@@ -70,13 +72,20 @@ def bootstrap(values, seed: int = 0, n_boot: int = N_BOOT, level: float = LEVEL)
     return Estimate(mean, lo, hi, n)
 
 
-def paired(a_values, b_values, seed: int = 0, n_boot: int = N_BOOT, level: float = LEVEL) -> Estimate:
-    """mean(a) - mean(b) on the same cases, with a paired bootstrap interval (cases drawn jointly;
-    seeds, where given as matrices, drawn separately for each method)."""
+def paired(a_values, b_values, seed: int = 0, n_boot: int = N_BOOT, level: float = LEVEL,
+           same_seeds: bool = False) -> Estimate:
+    """mean(a) - mean(b) on the same cases, with a paired bootstrap interval: cases drawn jointly.
+    Seeds, where given as matrices, are drawn separately for each side (two methods' seed 0 are
+    different editors), or jointly with `same_seeds` when row i of both is the same trained editor
+    under two conditions (seen vs unseen instructions, instructed vs plain probes)."""
     a, b = np.asarray(a_values, dtype=float), np.asarray(b_values, dtype=float)
     a, b = (a[None, :] if a.ndim == 1 else a), (b[None, :] if b.ndim == 1 else b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"paired values need the same cases, got {a.shape[1]} and {b.shape[1]}")
+    if same_seeds:
+        if a.shape != b.shape:
+            raise ValueError(f"same_seeds needs the same seeds on both sides, got {a.shape[0]} and {b.shape[0]}")
+        return bootstrap(a - b, seed, n_boot, level)  # a case missing on either side is NaN here: left out
     keep = ~(np.isnan(a).any(axis=0) | np.isnan(b).any(axis=0))
     a, b = a[:, keep], b[:, keep]
     n = a.shape[1]

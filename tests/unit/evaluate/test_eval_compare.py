@@ -162,3 +162,27 @@ def test_evaluate_label_is_a_tag(tmp_path):
     p = plan(EvalRequest(baseline="pre-edit", model="tiny-llama", label="pre (tiny)", out=str(tmp_path)))
     assert p.tags["label"] == "pre (tiny)"
     assert "label" not in plan(EvalRequest(baseline="pre-edit", model="tiny-llama", out=str(tmp_path))).tags
+
+
+def test_instruction_gap_pairs_each_seed_with_itself():
+    """Three seeds of one editor at different levels (plain right on 0, 20, 30 of 40 cases), each
+    right on 10 more cases when instructed: the gap is 0.25 under every seed. A seed without
+    instructed probes is left out rather than emptying every case."""
+    rows = []
+    for seed, right in (("0", 0), ("1", 20), ("2", 30)):
+        for i in range(40):
+            plain = float(i >= 40 - right)
+            rows.append({"method": "InstructEdit", "task": "zsre", "case_id": f"c{i}", "seed": seed,
+                         "reliability": plain, "reliability_instructed": 1.0 if i < 10 else plain})
+    rows += [{"method": "InstructEdit", "task": "zsre", "case_id": f"c{i}", "seed": "3",
+              "reliability": 1.0, "reliability_instructed": float("nan")} for i in range(40)]
+    df = pd.DataFrame(rows)
+    g = compare.instruction_gap(df, "InstructEdit", "zsre", "reliability")
+    assert g.n == 40 and g.mean == pytest.approx(0.25) and 0.1 < g.ci_low < g.ci_high < 0.45
+    # seen vs unseen of the same editors: a constant -0.1 per case and seed has a zero-width interval
+    seen = df[df["seed"] != "3"].assign(method="seen")
+    both = pd.concat([seen, seen.assign(method="unseen", reliability=seen["reliability"] - 0.1)])
+    d = compare.paired_difference(both, "unseen", "seen", "zsre", "reliability", same_editors=True)
+    assert d.as_dict() == pytest.approx({"mean": -0.1, "ci_low": -0.1, "ci_high": -0.1, "n": 40})
+    apart = compare.paired_difference(both, "unseen", "seen", "zsre", "reliability")  # seeds drawn apart
+    assert apart.mean == pytest.approx(-0.1) and apart.ci_high - apart.ci_low > 0.1

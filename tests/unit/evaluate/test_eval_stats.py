@@ -45,6 +45,24 @@ def test_paired_difference():
         stats.paired([1.0, 2.0], [1.0])
 
 
+def test_paired_over_the_same_editors_draws_seeds_jointly():
+    """Seed s of both sides is one editor under two conditions: its seed effect cancels in the
+    difference, where drawing each side's seeds separately counts it twice."""
+    rng = np.random.default_rng(2)
+    base = (rng.random(100) < 0.5).astype(float)
+    b = np.stack([base * 0.5 + shift for shift in (0.0, 0.2, 0.4)])  # seeds disagree strongly
+    a = b + 0.05
+    joint = stats.paired(a, b, same_seeds=True)
+    assert joint.as_dict() == pytest.approx({"mean": 0.05, "ci_low": 0.05, "ci_high": 0.05, "n": 100})
+    apart = stats.paired(a, b)
+    assert apart.mean == pytest.approx(0.05) and apart.ci_high - apart.ci_low > 0.2
+    # one seed: the same draws as the plain paired difference
+    x, y = rng.random(50), rng.random(50)
+    assert stats.paired(x, y, same_seeds=True).as_dict() == pytest.approx(stats.paired(x, y).as_dict())
+    with pytest.raises(ValueError, match="same seeds"):
+        stats.paired(a, b[:2], same_seeds=True)
+
+
 def test_stratified_macro_average():
     est = stats.stratified([[1.0] * 10, [0.0, 1.0] * 50])
     assert est.mean == pytest.approx(0.75) and est.n == 110 and est.ci_low < 0.75 < est.ci_high
