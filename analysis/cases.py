@@ -21,7 +21,7 @@ from instructedit.editor import methods as registry
 from instructedit.evaluate import compare
 from instructedit.evaluate.metrics import TABLE_METRICS
 
-from .tables import prefer
+from .tables import not_unseen, outside_studies, prefer
 
 CASES_FILE = "cases.parquet"
 TRAINED_KINDS = ("train", "trial")  # runs that trained an editor (an evaluation logged into one is theirs)
@@ -116,8 +116,7 @@ def load(index: pd.DataFrame, split: str = "test", tracking_uri: str | None = No
 
 def choose(cases: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One evaluation per (row, seed, task), so a rerun is not averaged in as another seed. Like the
-    metric tables (tables._cell_rows): seen (or no) instructions over unseen ones, runs outside
-    studies over study trials; a single-task method's editor trained on the task shown; then the
+    metric tables (tables._cell_rows): tables.not_unseen, then tables.outside_studies; a single-task method's editor trained on the task shown; then the
     latest run. Chosen per (row, seed, task): a preferred run that lacks a task (an unseen
     re-evaluation on the training tasks only) must not hide another run's cells of it.
     -> (the chosen runs' rows, `runs` with a `used` column)."""
@@ -127,7 +126,7 @@ def choose(cases: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.Da
         rows = cases[cases["source"].isin(of_row["run_id"])]
         for (seed, task), g in rows.groupby(["seed", "task"], sort=False):
             cand = of_row[of_row["run_id"].isin(g["source"].unique())]
-            cand = prefer(cand, lambda r: r["instruction_setting"] != "unseen", lambda r: r["study"] == "")
+            cand = prefer(cand, not_unseen, outside_studies)
             method = registry.by_display(cand["method_tag"].iloc[0])
             if method is not None and method.single_task:
                 cand = prefer(cand, lambda r, t=task: r["tasks"] == t)

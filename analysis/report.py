@@ -53,6 +53,8 @@ CORE_FIGURES = {
     "training_curves": "Training curves: losses and validation metrics over steps, the selected checkpoint marked",
 }
 MISSING_TEXT = "not logged"
+# The report's table files (stems of tables/<stem>.md|.html; --results-dir copies the .md).
+TABLE3, TABLE1, TABLE3_CASES = "table3", "table1", "table3_cases"
 # Run kinds that train an editor and log its loss and validation history (figure: training curves).
 TRAINING_KINDS = ("train", "trial")
 
@@ -135,7 +137,7 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
     # metric-based Table 3 shows the other runs only, so no cell is shown twice. Table 1 (single-task
     # editors on every task) has no per-case version and reads every run.
     metric_only = tidy[~tidy["run_id"].isin(ct.run_ids)]
-    for stem, make, rows in (("table3", tables.table3, metric_only), ("table1", tables.table1, tidy)):
+    for stem, make, rows in ((TABLE3, tables.table3, metric_only), (TABLE1, tables.table1, tidy)):
         try:
             t = make(rows, split=split)
         except Exception as e:  # noqa: BLE001 - a malformed run must not cost the whole report
@@ -144,12 +146,12 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
             traceback.print_exc()
         if t is None or t.empty:
             note = f"{stem}: no runs with the tags and `{split}/<task>/<metric>` metrics it needs."
-            if stem == "table3" and not ct.empty:
+            if stem == TABLE3 and not ct.empty:
                 continue  # every evaluation has per-case results: table3_cases is the whole Table 3
             rep.notes.append(note)
             body.append(f'<p class="note">{html.escape(note)}</p>')
             continue
-        if stem == "table3" and not ct.empty:
+        if stem == TABLE3 and not ct.empty:
             t.note = f"{METRIC_TABLE3_NOTE} {t.note}"
         paths = t.save(out_dir / "tables", stem)
         rep.tables[stem], rep.markdown[stem] = paths["html"], paths["md"]
@@ -259,12 +261,12 @@ def _case_tables(experiment: str, index: pd.DataFrame, split: str, tracking_uri:
             return ct
         text = cases.markdown(ct, _cases_source(experiment, split, tracking_uri))
     except Exception as e:  # noqa: BLE001 - a malformed artifact must not cost the whole report
-        rep.notes.append(f"table3_cases: failed ({e.__class__.__name__}: {e})")
+        rep.notes.append(f"{TABLE3_CASES}: failed ({e.__class__.__name__}: {e})")
         traceback.print_exc()
         return cases.CaseTables(pd.DataFrame(), pd.DataFrame(columns=["run_id"]))
     page = _markdown_html(text)
-    rep.markdown["table3_cases"] = cases.write_atomic(rep.out_dir / "tables" / "table3_cases.md", text)
-    rep.tables["table3_cases"] = cases.write_atomic(rep.out_dir / "tables" / "table3_cases.html", page)
+    rep.markdown[TABLE3_CASES] = cases.write_atomic(rep.out_dir / "tables" / f"{TABLE3_CASES}.md", text)
+    rep.tables[TABLE3_CASES] = cases.write_atomic(rep.out_dir / "tables" / f"{TABLE3_CASES}.html", page)
     rep.notes.extend(ct.notes)
     body.append(f'<div class="scroll">{page}</div>')
     return ct
@@ -328,7 +330,7 @@ def _markdown_html(text: str) -> str:
 
 # Every Markdown table a report can make (the metric tables, Table 3 from per-case results, the
 # study tables): what publish_tables may replace or remove in a results folder, and nothing else.
-TABLE_STEMS = ("table3", "table1", "table3_cases", *studies_cases.TABLES)
+TABLE_STEMS = (TABLE3, TABLE1, TABLE3_CASES, *studies_cases.TABLES)
 
 
 def publish_tables(rep: Report, results_dir: str | Path) -> tuple[list[Path], list[Path]]:

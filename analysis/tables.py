@@ -208,6 +208,17 @@ def prefer(rows: pd.DataFrame, *conditions) -> pd.DataFrame:
     return rows
 
 
+# The preferences every table applies when several runs report one cell (tables._cell_rows,
+# cases.choose): seen (or no) instructions over unseen ones, first (an unseen re-evaluation of an
+# editor is the seen-vs-unseen table's, never a Table 3 cell), and runs outside studies over trials.
+def not_unseen(r: pd.DataFrame) -> pd.Series:
+    return r["instruction_setting"] != "unseen"
+
+
+def outside_studies(r: pd.DataFrame) -> pd.Series:
+    return r["study"] == ""
+
+
 def _eval_rows(tidy: pd.DataFrame, split: str) -> pd.DataFrame:
     """Per-task evaluation rows of one split. Accepts a reduced tidy frame (only some tag columns):
     missing tag columns count as empty."""
@@ -223,15 +234,9 @@ def _eval_rows(tidy: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def _cell_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """Which of several runs reporting the same cell count: seen (or no) instructions over unseen ones
-    (first: an unseen re-evaluation of an editor is the seen-vs-unseen table's, never its Table 3
-    cell), then evaluation runs over training runs, runs outside studies over study trials."""
-    return prefer(
-        rows,
-        lambda r: r["instruction_setting"] != "unseen",
-        lambda r: r["kind"] == "eval",
-        lambda r: r["study"] == "",
-    )
+    """Which of several runs reporting the same cell count: not_unseen, then evaluation runs over
+    training runs, then outside_studies."""
+    return prefer(rows, not_unseen, lambda r: r["kind"] == "eval", outside_studies)
 
 
 def _pivot(cells: dict, rows: list, tasks: list, metrics_by_task: dict) -> pd.DataFrame:
