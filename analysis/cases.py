@@ -116,9 +116,10 @@ def load(index: pd.DataFrame, split: str = "test", tracking_uri: str | None = No
 
 def choose(cases: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One evaluation per (row, seed, task), so a rerun is not averaged in as another seed. Like the
-    metric tables (tables._cell_rows): tables.not_unseen, then tables.outside_studies; a single-task method's editor trained on the task shown; then the
-    latest run. Chosen per (row, seed, task): a preferred run that lacks a task (an unseen
-    re-evaluation on the training tasks only) must not hide another run's cells of it.
+    metric tables (tables._cell_rows): tables.not_unseen, then tables.outside_studies; a single-task
+    method's editor trained on the task shown; then the latest run. Chosen per (row, seed, task): a
+    preferred run that lacks a task (an unseen re-evaluation on the training tasks only) must not hide
+    another run's cells of it.
     -> (the chosen runs' rows, `runs` with a `used` column)."""
     runs = runs.copy()
     chosen = []

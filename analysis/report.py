@@ -55,8 +55,6 @@ CORE_FIGURES = {
 MISSING_TEXT = "not logged"
 # The report's table files (stems of tables/<stem>.md|.html; --results-dir copies the .md).
 TABLE3, TABLE1, TABLE3_CASES = "table3", "table1", "table3_cases"
-# Run kinds that train an editor and log its loss and validation history (figure: training curves).
-TRAINING_KINDS = ("train", "trial")
 
 
 
@@ -106,7 +104,7 @@ def _trained_runs(index: pd.DataFrame, tracking_uri: str | None) -> pd.DataFrame
     evaluated (a baseline arm) has none. One history query per candidate run."""
     if not len(index):
         return index
-    cand = index[index["kind"].isin(TRAINING_KINDS)]
+    cand = index[index["kind"].isin(cases.TRAINED_KINDS)]
     have = set(metric_histories(cand["run_id"], keys=[figures.LOSS_KEYS[0]], tracking_uri=tracking_uri)["run_id"])
     return cand[cand["run_id"].isin(have)]
 
