@@ -25,10 +25,31 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def new_store(tmp_path_factory):
+    """`new_store(db_path) -> uri`: an empty MLflow sqlite store at db_path, a copy of one created
+    once per session. Creating a store runs MLflow's schema migrations (3-5 s on 2 shared cores),
+    which some 30 tests would otherwise each pay; the store MLflow makes itself is still tested
+    (test_tracking_store, the demo and UI subprocesses)."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    template = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()
+
+    def make(db: Path) -> str:
+        db = Path(db)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, db)
+        return f"sqlite:///{db}"
+
+    return make
+
+
 @pytest.fixture
-def tracking_uri(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    (tmp_path / "mlruns").mkdir()
+def tracking_uri(tmp_path, monkeypatch, new_store) -> str:
+    uri = new_store(tmp_path / "mlruns" / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 

@@ -51,7 +51,7 @@ def test_report_of_chosen_runs_only(store, tmp_path):
     assert {"task_bars", "instructed_vs_plain", "training_curves"} <= set(rep.figures)
 
 
-def test_training_curves_of_a_study_whose_editors_trial_runs_trained(tmp_path, monkeypatch):
+def test_training_curves_of_a_study_whose_editors_trial_runs_trained(tmp_path, monkeypatch, new_store):
     """The table3 grid trains its editors only in study trials (kind trial): their loss histories are
     the report's training curves; a trial that only evaluated (a baseline arm) draws none."""
     import numpy as np
@@ -61,7 +61,7 @@ def test_training_curves_of_a_study_whose_editors_trial_runs_trained(tmp_path, m
     from analysis.report import _trained_runs, build_report
     from analysis.runs import run_index
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / 'mlflow.db')
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     rng = np.random.default_rng(0)
     trained = synthetic_runs._train("grid", "ie-trial", "instructedit", "InstructEdit", synthetic_runs.TRAIN, rng,

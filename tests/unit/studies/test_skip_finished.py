@@ -32,10 +32,10 @@ def no_instruction_sets(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def uri(tmp_path_factory) -> str:
+def uri(tmp_path_factory, new_store) -> str:
     """One store for the module (creating a sqlite store takes seconds); every test reads and writes
     its own experiment."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
+    return new_store(tmp_path_factory.mktemp('mlruns') / 'mlflow.db')
 
 
 @pytest.fixture

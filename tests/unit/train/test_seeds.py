@@ -82,8 +82,8 @@ def fake_ray(monkeypatch, tmp_path):
     return calls
 
 
-def test_each_seed_is_its_own_tracked_run_with_shared_records(fake_ray, tmp_path, shared_data, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_each_seed_is_its_own_tracked_run_with_shared_records(fake_ray, tmp_path, shared_data, capsys, new_store):
+    uri = new_store(tmp_path / 'mlflow.db')
     storage = tmp_path / "runs"
     rc = main(["train", "--config", "tiny-test", "--seeds", "0", "1", "2", "--tracking-uri", uri,
                "--storage-path", str(storage), "--quiet", "--set", "data.max_records=8"])
@@ -106,8 +106,8 @@ def test_each_seed_is_its_own_tracked_run_with_shared_records(fake_ray, tmp_path
     assert "seed group 'tiny-test'" in out and "(± sd over seeds)" in out
 
 
-def test_a_failed_seed_does_not_stop_the_others(fake_ray, tmp_path, shared_data, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_failed_seed_does_not_stop_the_others(fake_ray, tmp_path, shared_data, capsys, new_store):
+    uri = new_store(tmp_path / 'mlflow.db')
     rc = main(["train", "--config", "tiny-test", "--seeds", "13", "4", "--tracking-uri", uri,
                "--storage-path", str(tmp_path / "runs"), "--quiet", "--set", "data.max_records=8"])
     assert rc == 1 and [c["cfg"].train.seed for c in fake_ray] == [13, 4]
@@ -116,8 +116,8 @@ def test_a_failed_seed_does_not_stop_the_others(fake_ray, tmp_path, shared_data,
     assert dict(zip(runs["tags.seed"], runs["status"])) == {"13": "FAILED", "4": "FINISHED"}
 
 
-def test_a_plain_run_carries_its_seed_but_no_group(fake_ray, tmp_path, shared_data):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_plain_run_carries_its_seed_but_no_group(fake_ray, tmp_path, shared_data, new_store):
+    uri = new_store(tmp_path / 'mlflow.db')
     assert main(["train", "--config", "tiny-test", "--seed", "2", "--tracking-uri", uri, "--storage-path",
                  str(tmp_path / "runs"), "--quiet", "--set", "data.max_records=8"]) == 0
     runs = tracking.search_runs("instructedit-tests", "tags.kind = 'train'", tracking_uri=uri)
