@@ -1,4 +1,5 @@
-"""Shared test set-up: no network, no telemetry, temp dirs for Ray, MLflow and the model cache."""
+"""Shared test set-up: no network, no telemetry, temp dirs for Ray and MLflow stores. Models convert
+once into the user's model cache ($INSTRUCTEDIT_CACHE, else ~/.cache/instructedit)."""
 
 import os
 import tempfile

@@ -11,13 +11,17 @@ torch.set_num_threads(1)  # tiny models on a shared CPU
 
 
 @pytest.fixture(scope="session")
-def key_cache(tmp_path_factory):
-    """Key statistics go to a temp cache, never the user's."""
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("cache")
-    mp.setenv("INSTRUCTEDIT_CACHE", str(path))
-    yield path
-    mp.undo()
+def _key_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def key_cache(_key_cache_dir, monkeypatch):
+    """Key statistics go to a temp cache (one per session, so they are computed once), never the
+    user's. Set per test: set for the session, it outlived these tests and sent every later test's
+    model cache there, so the SmolLM2 test converted the GGUF file again (~25 s a suite)."""
+    monkeypatch.setenv("INSTRUCTEDIT_CACHE", str(_key_cache_dir))
+    return _key_cache_dir
 
 
 @pytest.fixture(scope="session")
