@@ -28,7 +28,6 @@ from torch import nn
 from ..config import ModelConfig
 from ..models import get_module
 
-
 # A batched forward costs about this many tokens' work beyond its padded tokens (per-call overhead,
 # smaller matrix products): `tail_groups` splits rows only where that saves more padding.
 CALL_TOKENS = 32
@@ -382,7 +381,7 @@ class SplitModel:
         dev = hidden.device
         lengths = attention_mask.sum(1).tolist()
         blocks = list(self.blocks[self.split_at:])
-        first = sorted(set(r for r, c in zip(reps, cut) if c))  # one row per distinct prefix
+        first = sorted({r for r, c in zip(reps, cut) if c})  # one row per distinct prefix
         cp = max(cut)
         pmask = torch.zeros(len(first), cp, dtype=torch.long, device=dev)
         for j, r in enumerate(first):

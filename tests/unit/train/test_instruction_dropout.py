@@ -61,7 +61,7 @@ def test_dropout_makes_a_seeded_share_of_the_edits_plain(tok):
 def test_the_loop_passes_the_option_and_the_config_checks_it(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="train.instruction_dropout"):
         load_run_config(None, {"train.instruction_dropout": 1.5})
-    import instructedit.train.loop as loop
+    from instructedit.train import loop
 
     seen, real = [], loop.make_step_batch
 
