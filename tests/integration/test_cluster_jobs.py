@@ -199,7 +199,7 @@ def cli(head: LocalHead | None, *args: str, token: str | None = "head", home: Pa
 def test_train_job_succeeds_and_is_tracked(head, tmp_path, shared_data, new_store):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
-    uri = new_store(tmp_path / 'mlruns' / 'mlflow.db')
+    uri = new_store(tmp_path / "mlruns" / "mlflow.db")
     t0 = time.monotonic()
     r = cli(head, "submit", "train", "--config", str(cfg), "--storage-path", str(tmp_path / "storage"),
             "--follow", "--address", head.address, "--tracking-uri", uri,

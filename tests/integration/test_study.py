@@ -31,7 +31,7 @@ def smoke(ray_local, tmp_path_factory, shared_data, new_store):
     from instructedit.cli import main
 
     tmp = tmp_path_factory.mktemp("study")
-    uri = new_store(tmp / 'mlruns' / 'mlflow.db')
+    uri = new_store(tmp / "mlruns" / "mlflow.db")
     storage = tmp / "studies"
     first = run_study(load_study("smoke"), storage=storage, tracking_uri=uri, stop_after=1, verbose=False,
                       hooks=StudyHooks(fail_if={"data.tasks": encode(FAILING)}, fail_step=0))

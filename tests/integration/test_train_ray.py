@@ -38,7 +38,7 @@ def small_config(workers: int, **extra):
 @pytest.fixture(scope="module")
 def two_workers(ray_local, tmp_path_factory, shared_data, new_store):
     tmp = tmp_path_factory.mktemp("ray2")
-    uri = new_store(tmp / 'mlruns' / 'mlflow.db')
+    uri = new_store(tmp / "mlruns" / "mlflow.db")
     cfg = small_config(2)
     hooks = WorkerHooks(fault_step=4, fault_rank=1, fault_marker=str(tmp / "fault.marker"),
                         batch_log_dir=str(tmp / "batches"))

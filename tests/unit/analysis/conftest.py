@@ -23,7 +23,7 @@ import synthetic_runs
 def store(tmp_path_factory, new_store):
     """(tracking uri, experiment name, run ids by group) of a synthetic experiment."""
     root = tmp_path_factory.mktemp("mlruns")
-    uri = new_store(root / 'mlflow.db')
+    uri = new_store(root / "mlflow.db")
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     ids = synthetic_runs.build("synthetic", uri=uri)

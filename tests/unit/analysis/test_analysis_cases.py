@@ -56,7 +56,7 @@ def _eval(uri, method, mode, **tags):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, new_store):
     tmp = tmp_path_factory.mktemp("cases")
-    uri = new_store(tmp / 'mlflow.db')
+    uri = new_store(tmp / "mlflow.db")
     v = _values()
     ie0 = _train(uri, IE, "instructedit", 0, 20, 160)
     _log_cases(ie0, v["stale"], tmp, "ie0-old")  # an evaluation logged into the training run ...

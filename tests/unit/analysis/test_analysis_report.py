@@ -61,7 +61,7 @@ def test_training_curves_of_a_study_whose_editors_trial_runs_trained(tmp_path, m
     from analysis.report import _trained_runs, build_report
     from analysis.runs import run_index
 
-    uri = new_store(tmp_path / 'mlflow.db')
+    uri = new_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     rng = np.random.default_rng(0)
     trained = synthetic_runs._train("grid", "ie-trial", "instructedit", "InstructEdit", synthetic_runs.TRAIN, rng,

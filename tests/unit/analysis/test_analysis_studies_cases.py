@@ -67,7 +67,7 @@ def _train(s, name, seed, tasks=ALL3, setting="seen", study="", method=IE, mode=
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, new_store):
     tmp = tmp_path_factory.mktemp("studies_cases")
-    s = Store(new_store(tmp / 'mlflow.db'), tmp)
+    s = Store(new_store(tmp / "mlflow.db"), tmp)
     # Table 3's InstructEdit editors, evaluated seen (logged into the training runs) on a training
     # task and the hold-out ZsRE; seeds 0 and 1 are evaluated again with unseen instructions.
     ie = {seed: _train(s, f"ie-s{seed}", seed, counterfact=N, zsre=N) for seed in (0, 1, 2)}
@@ -181,7 +181,7 @@ def test_tables_are_written_published_and_on_the_page(report):
 
 
 def test_experiment_without_such_runs_gets_notes(tmp_path, new_store):
-    uri = new_store(tmp_path / 'mlflow.db')
+    uri = new_store(tmp_path / "mlflow.db")
     path = tmp_path / "pre" / "cases.parquet"
     path.parent.mkdir()
     pd.DataFrame([{"case_id": f"z{i}", "task": "zsre", "instruction_setting": "seen", "reliability": 0.0}

@@ -35,7 +35,7 @@ def no_instruction_sets(tmp_path, monkeypatch):
 def uri(tmp_path_factory, new_store) -> str:
     """One store for the module (creating a sqlite store takes seconds); every test reads and writes
     its own experiment."""
-    return new_store(tmp_path_factory.mktemp('mlruns') / 'mlflow.db')
+    return new_store(tmp_path_factory.mktemp("mlruns") / "mlflow.db")
 
 
 @pytest.fixture

@@ -83,7 +83,7 @@ def fake_ray(monkeypatch, tmp_path):
 
 
 def test_each_seed_is_its_own_tracked_run_with_shared_records(fake_ray, tmp_path, shared_data, capsys, new_store):
-    uri = new_store(tmp_path / 'mlflow.db')
+    uri = new_store(tmp_path / "mlflow.db")
     storage = tmp_path / "runs"
     rc = main(["train", "--config", "tiny-test", "--seeds", "0", "1", "2", "--tracking-uri", uri,
                "--storage-path", str(storage), "--quiet", "--set", "data.max_records=8"])
@@ -107,7 +107,7 @@ def test_each_seed_is_its_own_tracked_run_with_shared_records(fake_ray, tmp_path
 
 
 def test_a_failed_seed_does_not_stop_the_others(fake_ray, tmp_path, shared_data, capsys, new_store):
-    uri = new_store(tmp_path / 'mlflow.db')
+    uri = new_store(tmp_path / "mlflow.db")
     rc = main(["train", "--config", "tiny-test", "--seeds", "13", "4", "--tracking-uri", uri,
                "--storage-path", str(tmp_path / "runs"), "--quiet", "--set", "data.max_records=8"])
     assert rc == 1 and [c["cfg"].train.seed for c in fake_ray] == [13, 4]
@@ -117,7 +117,7 @@ def test_a_failed_seed_does_not_stop_the_others(fake_ray, tmp_path, shared_data,
 
 
 def test_a_plain_run_carries_its_seed_but_no_group(fake_ray, tmp_path, shared_data, new_store):
-    uri = new_store(tmp_path / 'mlflow.db')
+    uri = new_store(tmp_path / "mlflow.db")
     assert main(["train", "--config", "tiny-test", "--seed", "2", "--tracking-uri", uri, "--storage-path",
                  str(tmp_path / "runs"), "--quiet", "--set", "data.max_records=8"]) == 0
     runs = tracking.search_runs("instructedit-tests", "tags.kind = 'train'", tracking_uri=uri)

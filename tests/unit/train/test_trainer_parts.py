@@ -85,7 +85,7 @@ def test_manifest_hash_and_tags(tmp_path):
 
 
 def test_val_table_from_metric_history(tmp_path, new_store):
-    uri = new_store(tmp_path / 'mlflow.db')
+    uri = new_store(tmp_path / "mlflow.db")
     with tracking.run("unit-val-table", tracking_uri=uri) as rid:
         for step, v in ((3, 0.25), (6, 0.5)):
             tracking.log_metrics({"val/recent/reliability": v, "val/recent/portability/reasoning": v / 2,
