@@ -397,6 +397,17 @@ def _int(text: str) -> int | None:
         return None
 
 
+STUDY_SPACE = "params.study.space."  # a study parent run logs its search space as study.space.<key>
+# Keys of a study space that make its trials different methods: the parent's own method tag is its base's.
+METHOD_KEYS = frozenset({"arm", "mode", "method"})
+
+
+def searched(r: pd.Series) -> dict[str, str]:
+    """A study parent run's search space: key -> the values searched (empty for any other run)."""
+    return {str(k)[len(STUDY_SPACE):]: _value(r, str(k)) for k in r.index
+            if str(k).startswith(STUDY_SPACE) and _value(r, str(k))}
+
+
 def provenance(r: pd.Series) -> dict[str, tuple[str, str]]:
     """One run's provenance: field -> (value, how it was found); value '' when not logged."""
     from instructedit.provenance import model_source
@@ -404,6 +415,10 @@ def provenance(r: pd.Series) -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     method = registry.by_display(str(r.get("method") or ""))
     untrained = method is not None and not method.trained and str(r.get("kind") or "") == "eval"
+    # A study's parent run trains and evaluates nothing itself: its trials (kind trial) do, and
+    # carry their own checkpoint, seed and data; say where to look instead of "not logged".
+    study = str(r.get("kind") or "") == "study"
+    space = searched(r)
     editor_run = _value(r, "editor_run")
     commit = _value(r, "git_commit")
     out["git commit"] = (commit[:12] if commit and commit != "unknown" else "", "")
@@ -411,6 +426,8 @@ def provenance(r: pd.Series) -> dict[str, tuple[str, str]]:
     # run's of its train and validation records.
     data_hash = _value(r, "dataset_hash")[:16]
     out["dataset hash"] = (data_hash, "of the records evaluated" if data_hash and str(r.get("kind")) == "eval" else "")
+    if study and not data_hash:
+        out["dataset hash"] = ("per trial", "a study's parent run reads no records; each trial logs its own")
     model = _value(r, "model", "params.model")
     out["base model"] = (model, "")
     src = _value(r, "model_source")
@@ -430,11 +447,17 @@ def provenance(r: pd.Series) -> dict[str, tuple[str, str]]:
         out["checkpoint step"] = (f"see editor run {editor_run[:8]}", "")
     elif untrained:
         out["checkpoint step"] = ("none", "no trained editor")  # Pre-edit, FT-L, ROME, ...
+    elif study:
+        best_run = _value(r, "best_run_id")
+        out["checkpoint step"] = ((f"the best trial's: see run {best_run[:8]}", "best by the study's metric")
+                                  if best_run else ("none", "no trial finished"))
     else:
         out["checkpoint step"] = ("", "")
     seed = _value(r, "seed", "params.train.seed")
     out["seed"] = (seed, "") if seed else ((f"see editor run {editor_run[:8]}", "") if editor_run else
                                             (("none", "no training") if untrained else ("", "")))
+    if "train.seed" in space:
+        out["seed"] = (f"searched: {space['train.seed']}", "one per trial")
     edits, best = _value(r, "train_edits"), _value(r, "checkpoint_edits")
     batch, steps = _int(_value(r, "params.train.batch_size")), _int(_value(r, "params.train.max_steps"))
     if edits:
@@ -479,7 +502,9 @@ def _provenance(index: pd.DataFrame, ui_url: str, notes: list[str]) -> str:
     for _, r in runs.iterrows():
         url = tracking.run_url(r["run_id"], str(r["experiment_id"]), ui=ui_url)
         name = r["run_name"] or r["run_id"][:8]
-        what = " · ".join(x for x in (str(r["kind"] or ""), str(r["method"] or "")) if x)
+        # a study whose trials are different methods is not its base config's method
+        label = "methods searched" if METHOD_KEYS & set(searched(r)) else str(r["method"] or "")
+        what = " · ".join(x for x in (str(r["kind"] or ""), label) if x)
         rows = []
         for field_name, (value, how) in provenance(r).items():
             if value:

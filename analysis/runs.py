@@ -36,7 +36,7 @@ RUN_COLUMNS = [
 # Tags of the provenance block (train/run.py, tracking.run, evaluate); `source_name` is MLflow's
 # own `mlflow.source.name` (the entry point), the fallback when a run has no `command` tag.
 PROVENANCE_TAGS = ("seed", "model", "model_source", "best_step", "stopped", "train_edits", "checkpoint_edits",
-                   "command", "editor_run", "ray_run", "checkpoint_path")
+                   "command", "editor_run", "ray_run", "checkpoint_path", "best_run_id")
 METRIC_COLUMNS = ["split", "task", "metric", "value", "ci_low", "ci_high", "n"]
 TIDY_COLUMNS = RUN_COLUMNS + METRIC_COLUMNS
 CI_SUFFIXES = {"_ci_low": "ci_low", "_ci_high": "ci_high", "_n": "n"}

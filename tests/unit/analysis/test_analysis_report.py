@@ -37,6 +37,21 @@ def test_baseline_and_missing_fields_say_so():
     assert planned["budget"][0] == "up to 240 training edits (30 steps x batch 8)" and "planned" in planned["budget"][1]
 
 
+def test_a_study_parent_run_points_to_its_trials():
+    """A study's parent run trains nothing: its provenance names the best trial's run and the seeds
+    searched, never "not logged" and never the base config's single seed."""
+    parent = _row(kind="study", method="InstructEdit", best_run_id="73140660b80f4da2",
+                  **{"params.train.seed": "0", "params.study.space.train.seed": "grid[0, 1, 2]",
+                     "params.study.space.arm": "grid['instructedit', 'multi-task']"})
+    p = provenance(parent)
+    assert p["checkpoint step"][0] == "the best trial's: see run 73140660"
+    assert p["seed"] == ("searched: grid[0, 1, 2]", "one per trial") and p["dataset hash"][0] == "per trial"
+    unfinished = provenance(_row(kind="study", method="InstructEdit"))
+    assert unfinished["checkpoint step"] == ("none", "no trial finished") and unfinished["seed"] == ("", "")
+    # a training run keeps its own fields even with the same tags beside it
+    assert provenance(_row(kind="train", best_run_id="x"))["checkpoint step"] == ("", "")
+
+
 def test_report_of_chosen_runs_only(store, tmp_path):
     """`--runs`: one experiment's earlier runs are not averaged into the cells (the demo passes its own)."""
     from analysis.report import build_report
