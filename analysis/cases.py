@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 from instructedit import tracking
+from instructedit.config import order_tasks
 from instructedit.editor import methods as registry
 from instructedit.evaluate import compare
 from instructedit.evaluate.metrics import TABLE_METRICS
@@ -105,8 +106,10 @@ def load(index: pd.DataFrame, split: str = "test", tracking_uri: str | None = No
     if not frames:
         return CaseTables(pd.DataFrame(), pd.DataFrame(columns=["run_id"]))
     every = pd.concat(frames, ignore_index=True)
-    cases, runs = choose(every, pd.DataFrame(runs))
-    notes = []
+    runs = pd.DataFrame(runs)
+    cases, runs = choose(every, runs)
+    notes = [f"{row} has no editor trained on {', '.join(tasks)}, so its cells there are left empty; Table 1 "
+             "shows each of its editors on every task." for row, tasks in untrained_tasks(every, cases, runs).items()]
     left = runs[~runs["used"]]
     if len(left):
         notes.append(f"{len(left)} evaluation run(s) with per-case results left out of Table 3, superseded by a "
@@ -130,7 +133,12 @@ def choose(cases: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.Da
             cand = prefer(cand, not_unseen, outside_studies)
             method = registry.by_display(cand["method_tag"].iloc[0])
             if method is not None and method.single_task:
-                cand = prefer(cand, lambda r, t=task: r["tasks"] == t)
+                # The row is "the editor trained on the task shown". On a task none of its editors
+                # trained on (the hold-out ZsRE) there is no such editor: picking one of the others
+                # would make the cell whichever ran last. Table 1 shows each of them there.
+                cand = cand[cand["tasks"] == task]
+                if cand.empty:
+                    continue
             best = cand.sort_values("start_time", kind="stable")["run_id"].iloc[-1]
             chosen.append(g[g["source"] == best])
     kept = pd.concat(chosen, ignore_index=True)
@@ -138,12 +146,30 @@ def choose(cases: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.Da
     return kept, runs
 
 
-def _per_seed(values: list[str]) -> str:
-    """One value when every seed has it, else each seed's in seed order; missing ones marked."""
+def untrained_tasks(every: pd.DataFrame, kept: pd.DataFrame, runs: pd.DataFrame) -> dict[str, list[str]]:
+    """Single-task rows -> the tasks `choose` left empty because none of the row's editors trained on
+    them (cases on them exist, from editors trained on other tasks)."""
+    out = {}
+    for row, of_row in runs.groupby("row", sort=False):
+        method = registry.by_display(of_row["method_tag"].iloc[0])
+        if method is None or not method.single_task:
+            continue
+        seen = set(every.loc[every["source"].isin(of_row["run_id"]), "task"])
+        missing = seen - set(kept.loc[kept["source"].isin(of_row["run_id"]), "task"])
+        if missing:
+            out[row] = order_tasks(missing)
+    return out
+
+
+def _per_seed(values: list[str], names: list[str] | None = None) -> str:
+    """One value when every editor has it, else each one's in seed order (named, when `names` gives
+    each editor's name); missing ones marked."""
     shown = [v or "?" for v in values]
     if not any(values):
         return NOT_LOGGED
-    return shown[0] if len(set(shown)) == 1 else ", ".join(shown)
+    if len(set(shown)) == 1:
+        return shown[0]
+    return ", ".join(f"{v} ({n})" for v, n in zip(shown, names)) if names else ", ".join(shown)
 
 
 def budget_table(ct: CaseTables) -> tuple[str, str]:
@@ -155,18 +181,26 @@ def budget_table(ct: CaseTables) -> tuple[str, str]:
     budgets = {}
     for row in compare.methods_in_order(ct.cases):
         runs = used[used["row"] == row]
-        # one training run per seed (a seed evaluated on several tasks by several runs: the same editor)
-        per_seed = runs.sort_values("seed", key=lambda s: s.str.zfill(12)).drop_duplicates("seed")  # 2 before 10
-        seeds = [s for s in per_seed["seed"] if s]
-        seed_text = f"{len(seeds)} ({', '.join(seeds)})" if seeds else "–"
         method = registry.by_display(runs["method_tag"].iloc[0])
+        # One training run per editor: per seed (a seed evaluated on several tasks by several runs is
+        # one editor), and for a single-task row per seed and training task.
+        single = method is not None and method.single_task
+        rank = {t: i for i, t in enumerate(order_tasks(runs["tasks"].unique()))}  # table order of the editors
+        per_seed = (runs.assign(_seed=runs["seed"].str.zfill(12), _task=runs["tasks"].map(rank))  # 2 before 10
+                    .sort_values(["_seed", "_task"], kind="stable")
+                    .drop_duplicates(["seed", "tasks"] if single else "seed"))
+        seeds = list(dict.fromkeys(s for s in per_seed["seed"] if s))
+        seed_text = f"{len(seeds)} ({', '.join(seeds)})" if seeds else "–"
         if method is not None and not method.trained:
             lines.append(f"| {row} | {seed_text} | 0 (no trained editor) | – | – |")
             continue
-        edits = _per_seed(list(per_seed["train_edits"]))
+        names = list(per_seed["tasks"]) if single else None
+        if single:
+            seed_text += f"; an editor per task ({', '.join(dict.fromkeys(names))})"
+        edits = _per_seed(list(per_seed["train_edits"]), names)
         budgets[row] = edits
-        lines.append(f"| {row} | {seed_text} | {edits} | {_per_seed(list(per_seed['best_step']))} | "
-                     f"{_per_seed(list(per_seed['checkpoint_edits']))} |")
+        lines.append(f"| {row} | {seed_text} | {edits} | {_per_seed(list(per_seed['best_step']), names)} | "
+                     f"{_per_seed(list(per_seed['checkpoint_edits']), names)} |")
     note = ""
     if len(set(budgets.values())) > 1:
         note = ("Trained rows differ in training edits (" + "; ".join(f"{r}: {b}" for r, b in budgets.items())

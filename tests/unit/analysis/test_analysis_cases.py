@@ -116,3 +116,31 @@ def test_report_tables_from_per_case_artifacts(store, capsys):
     assert not list(results.glob("*.tmp")) and str(results / "table3_cases.md") in printed
     assert not (results / "task_scaling_cases.md").exists() and "removed (no longer made" in printed
     assert (results / "README.md").read_text() == "mine"
+
+
+def test_single_task_editors_fill_only_the_tasks_they_trained_on():
+    """MEND (single-task) is "the editor trained on the task shown": on the hold-out ZsRE, which none
+    of them trained on, its cells stay empty (a note points to Table 1) instead of showing whichever
+    editor ran last; its budget lists every editor, named by its training task."""
+    from analysis import cases
+
+    st, ie = "MEND (single-task)", IE
+    runs = pd.DataFrame([
+        {"run_id": f"st-{t}", "run_name": f"st-{t}", "row": st, "method_tag": st, "seed": "0", "tasks": t,
+         "study": "table3-single", "instruction_setting": "none", "start_time": i, "train_edits": "4800",
+         "best_step": step, "checkpoint_edits": str(int(step) * 8)}
+        for i, (t, step) in enumerate([("recent", "300"), ("counterfact", "600")])
+    ] + [{"run_id": "ie", "run_name": "ie", "row": ie, "method_tag": ie, "seed": "0", "tasks": "counterfact,recent",
+          "study": "", "instruction_setting": "seen", "start_time": 9, "train_edits": "4800", "best_step": "600",
+          "checkpoint_edits": "4800"}])
+    every = pd.DataFrame([{"source": r, "seed": "0", "task": task, "case_id": f"{task}{i}", "reliability": 1.0}
+                          for r in runs["run_id"] for task in ("counterfact", "recent", "zsre") for i in range(3)])
+    kept, runs = cases.choose(every, runs)
+    got = kept.groupby("task")["source"].unique().map(sorted).to_dict()
+    assert got == {"counterfact": ["ie", "st-counterfact"], "recent": ["ie", "st-recent"], "zsre": ["ie"]}
+    assert cases.untrained_tasks(every, kept, runs) == {st: ["zsre"]}
+    table, note = cases.budget_table(cases.CaseTables(kept.assign(method=kept["source"].map(
+        runs.set_index("run_id")["row"])), runs))
+    assert (f"| {st} | 1 (0); an editor per task (counterfact, recent) | 4800 | 600 (counterfact), 300 (recent) | "
+            "4800 (counterfact), 2400 (recent) |") in table.splitlines()
+    assert note == ""
