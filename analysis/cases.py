@@ -117,12 +117,13 @@ def load(index: pd.DataFrame, split: str = "test", tracking_uri: str | None = No
     return CaseTables(cases, runs, notes, every)
 
 
-def choose(cases: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def choose(cases: pd.DataFrame, runs: pd.DataFrame, own_task: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One evaluation per (row, seed, task), so a rerun is not averaged in as another seed. Like the
     metric tables (tables._cell_rows): tables.not_unseen, then tables.outside_studies; a single-task
     method's editor trained on the task shown; then the latest run. Chosen per (row, seed, task): a
     preferred run that lacks a task (an unseen re-evaluation on the training tasks only) must not hide
-    another run's cells of it.
+    another run's cells of it. `own_task` False: rows that are each one editor (Table 1's, one per
+    training task) keep their cells on every task.
     -> (the chosen runs' rows, `runs` with a `used` column)."""
     runs = runs.copy()
     chosen = []
@@ -132,7 +133,7 @@ def choose(cases: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.Da
             cand = of_row[of_row["run_id"].isin(g["source"].unique())]
             cand = prefer(cand, not_unseen, outside_studies)
             method = registry.by_display(cand["method_tag"].iloc[0])
-            if method is not None and method.single_task:
+            if own_task and method is not None and method.single_task:
                 # The row is "the editor trained on the task shown". On a task none of its editors
                 # trained on (the hold-out ZsRE) there is no such editor: picking one of the others
                 # would make the cell whichever ran last. Table 1 shows each of them there.

@@ -131,11 +131,10 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
     # ------------------------------------------------------------------------------ tables
     body.append("<h2>Tables</h2>")
     ct = _case_tables(experiment, index, split, tracking_uri, rep, body)
-    # A run with per-case results is in table3_cases (seeds aggregated with an interval); the
-    # metric-based Table 3 shows the other runs only, so no cell is shown twice. Table 1 (single-task
-    # editors on every task) has no per-case version and reads every run.
+    # A run with per-case results is in table3_cases / table1_cases (seeds aggregated with an
+    # interval); the metric-based Tables 3 and 1 show the other runs only, so no cell is shown twice.
     metric_only = tidy[~tidy["run_id"].isin(ct.run_ids)]
-    for stem, make, rows in ((TABLE3, tables.table3, metric_only), (TABLE1, tables.table1, tidy)):
+    for stem, make, rows in ((TABLE3, tables.table3, metric_only), (TABLE1, tables.table1, metric_only)):
         try:
             t = make(rows, split=split)
         except Exception as e:  # noqa: BLE001 - a malformed run must not cost the whole report
@@ -144,8 +143,8 @@ def build_report(experiment: str, out_dir: str | Path | None = None, tracking_ur
             traceback.print_exc()
         if t is None or t.empty:
             note = f"{stem}: no runs with the tags and `{split}/<task>/<metric>` metrics it needs."
-            if stem == TABLE3 and not ct.empty:
-                continue  # every evaluation has per-case results: table3_cases is the whole Table 3
+            if not ct.empty and (stem == TABLE3 or _has_single_task(ct)):
+                continue  # every evaluation has per-case results: table3_cases / table1_cases are the tables
             rep.notes.append(note)
             body.append(f'<p class="note">{html.escape(note)}</p>')
             continue
@@ -297,6 +296,10 @@ def _study_case_tables(experiment: str, ct: cases.CaseTables, index: pd.DataFram
         rep.markdown[name] = cases.write_atomic(rep.out_dir / "tables" / f"{name}.md", text)
         rep.tables[name] = cases.write_atomic(rep.out_dir / "tables" / f"{name}.html", page)
         body.append(f'<div class="scroll">{page}</div>')
+
+
+def _has_single_task(ct: cases.CaseTables) -> bool:
+    return bool(ct.runs["method_tag"].isin(studies_cases.SINGLE_TASK).any())
 
 
 def _markdown_html(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Seen vs unseen instructions and task scaling as tables from per-case results.
+"""Table 1, seen vs unseen instructions and task scaling as tables from per-case results.
 
 Table 3 (analysis.cases) keeps one evaluation per row, seed and task, preferring seen instructions
 and runs outside studies, so it drops exactly what these two experiments compare: the unseen
@@ -7,6 +7,8 @@ the rows cases.load already downloaded and labelled (CaseTables.every), keep one
 (arm, seed, task) with cases.choose, and render with instructedit.evaluate.compare, so every
 interval comes from the one bootstrap (instructedit.evaluate.stats).
 
+- Table 1: each single-task editor (one per training task; seeds of one task averaged) on every
+  task it was tested on, the tasks it never saw beside its own, with Pre-edit as the reference.
 - Seen vs unseen: per InstructEdit row and training-task set that has an unseen evaluation, its
   training tasks' cells evaluated with seen and with unseen instructions, and unseen - seen paired
   over the seeds and cases both settings share.
@@ -37,12 +39,18 @@ EDITOR = registry.get("instructedit").display
 SET_PARAM = "params.data.instruction_set"  # train/run.py logs the flattened config; "" = the task YAML pools
 SEEN, UNSEEN = "seen", "unseen"
 
+TABLE1 = "table1_cases"
 SEEN_UNSEEN = "seen_unseen_cases"
 TASK_SCALING = "task_scaling_cases"
-TITLES = {SEEN_UNSEEN: "Seen vs unseen instructions from per-case results",
+TITLES = {TABLE1: "Table 1 from per-case results",
+          SEEN_UNSEEN: "Seen vs unseen instructions from per-case results",
           TASK_SCALING: "Task scaling from per-case results"}
+SINGLE_TASK = tuple(m.display for m in registry.METHODS if m.single_task)
+REFERENCE = tuple(m.display for m in registry.METHODS if m.reference)  # the unedited model
 # One line under each title (Markdown and the report page): what the table is.
 CAPTIONS = {
+    TABLE1: ("Single-task editors, each trained on one task, on every task they were tested on: the "
+             "column of an editor's own task is in-distribution, the others are tasks it never saw."),
     SEEN_UNSEEN: ("The same InstructEdit editors on their training tasks, edited and probed with the "
                   "instructions seen in training and with held-out (unseen) ones; unseen - seen is "
                   "paired over the seeds and cases both were evaluated on."),
@@ -51,6 +59,7 @@ CAPTIONS = {
 }
 # Why a table is missing (a note on the page, never an error).
 MISSING = {
+    TABLE1: "no single-task editor with per-case results (`instructedit study table3-single`).",
     SEEN_UNSEEN: ("no InstructEdit evaluation with unseen instructions and per-case results (`instructedit "
                   "evaluate --run RUN_ID --instructions unseen --tasks counterfact recent convsent`, or the "
                   "instructions study's unseen arm)."),
@@ -98,7 +107,7 @@ def _arm_cases(ct: cases.CaseTables, runs: pd.DataFrame, arm: pd.Series, tasks) 
     if rows.empty:
         return rows
     runs = runs.assign(row=arm)
-    kept, _ = cases.choose(rows, runs[runs["run_id"].isin(rows["source"])])
+    kept, _ = cases.choose(rows, runs[runs["run_id"].isin(rows["source"])], own_task=False)
     kept["method"] = kept["source"].map(dict(zip(runs["run_id"], runs["row"])))
     return kept
 
@@ -202,6 +211,24 @@ def task_scaling(ct: cases.CaseTables, index: pd.DataFrame, source: str) -> str 
     return _document(TASK_SCALING, source, sections, notes)
 
 
+def table1(ct: cases.CaseTables, index: pd.DataFrame, source: str) -> str | None:
+    """Markdown of Table 1; None without a single-task editor with per-case results."""
+    if ct.empty:
+        return None
+    runs = ct.runs[ct.runs["method_tag"].isin(SINGLE_TASK)
+                   & (ct.runs["tasks"].map(lambda s: len(split_tasks(s))) == 1)]
+    if runs.empty:
+        return None
+    names = {t: f"trained on {t}" for t in order_tasks(runs["tasks"].unique())}
+    tasks = order_tasks(ct.every.loc[ct.every["source"].isin(runs["run_id"]), "task"].unique())
+    df = _arm_cases(ct, runs, runs["tasks"].map(names), tasks)
+    editors = [a for a in names.values() if a in set(df["method"])]
+    reference = ct.cases[ct.cases["method"].isin(REFERENCE) & ct.cases["task"].isin(tasks)]
+    shown = list(dict.fromkeys(reference["method"])) + editors
+    table = compare.long_table(pd.concat([reference, df], ignore_index=True), list(TABLE_METRICS), tasks, shown)
+    return _document(TABLE1, source, ["\n\n".join([table, _evaluations(df, runs)])], [])
+
+
 def _document(name: str, source: str, sections: list[str], notes: list[str]) -> str:
     parts = [f"# {TITLES[name]}", CAPTIONS[name],
              (f"{source}. Each cell is the mean over seeds of the mean over cases, with a 95% bootstrap "
@@ -212,4 +239,4 @@ def _document(name: str, source: str, sections: list[str], notes: list[str]) -> 
     return "\n\n".join(parts) + "\n"
 
 
-TABLES = {SEEN_UNSEEN: seen_unseen, TASK_SCALING: task_scaling}
+TABLES = {TABLE1: table1, SEEN_UNSEEN: seen_unseen, TASK_SCALING: task_scaling}

@@ -16,6 +16,7 @@ EXP = "studies-cases-exp"
 N = 30  # cases per task
 UNSEEN_N = 20  # the unseen evaluations cover the first 20 CounterFact cases only
 IE = "InstructEdit"
+ST = "MEND (single-task)"
 ALL3 = "counterfact,recent,convsent"
 
 
@@ -91,6 +92,12 @@ def store(tmp_path_factory, new_store):
     # another method on ZsRE: not an InstructEdit arm
     _train(s, "mend-recent", 0, tasks="recent", method="MEND (multi-task)", mode="multi-task", setting="none",
            zsre=N)
+    # Table 1: single-task editors (a study's trials) on their own task, the other one and ZsRE; the
+    # unedited model on ZsRE only
+    for task in ("recent", "counterfact"):
+        _train(s, f"st-{task}", 0, tasks=task, study="table3-single", method=ST, mode="single-task", setting="none",
+               counterfact=N, recent=N, zsre=N)
+    s.run("pre-edit", {"kind": "eval", "method": "Pre-edit", "mode": "pre-edit"}, zsre=N)
     return s
 
 
@@ -165,6 +172,29 @@ def test_task_scaling_rows_by_training_task_set(store, report):
     assert "mend-recent" not in text and "named instruction set" not in text  # instr-optimised has no ZsRE
 
 
+def test_table1_each_single_task_editor_on_every_task(store, report):
+    out, results = report
+    text = (out / "tables" / "table1_cases.md").read_text()
+    v = store.v
+    assert _line(text, "| task | metric | n |") == ("| task | metric | n | Pre-edit | trained on counterfact | "
+                                                     "trained on recent |")
+    for task in ("counterfact", "recent", "zsre"):  # each editor on its own task and the ones it never saw
+        pre = _fmt(stats.bootstrap(v("pre-edit", f"{task}/reliability"))) if task == "zsre" else "–"
+        cells = [_fmt(stats.bootstrap(v(f"st-{t}", f"{task}/reliability"))) for t in ("counterfact", "recent")]
+        assert _line(text, f"| {task} | reliability | ") == f"| {task} | reliability | {N} | {pre} | " + " | ".join(
+            cells) + " |"
+    assert "Evaluations: st-recent, st-counterfact." in text and (results / "table1_cases.md").read_text() == text
+    # Table 3's single-task row: only the editor trained on the task shown; none trained on ZsRE
+    table3 = (out / "tables" / "table3_cases.md").read_text()
+    assert _line(table3, "| zsre | reliability | ").split(" | ")[-1] != "–"  # InstructEdit's cell
+    assert f"{ST} has no editor trained on zsre, so its cells there are left empty" in table3
+    column = _line(table3, "| task | metric | n |").split(" | ").index(ST)
+    assert _line(table3, "| recent | reliability | ").split(" | ")[column] == _fmt(
+        stats.bootstrap(v("st-recent", "recent/reliability")))
+    # every single-task run has per-case results: no metric-based Table 1 beside it
+    assert not (out / "tables" / "table1.md").exists()
+
+
 def test_tables_are_written_published_and_on_the_page(report):
     out, results = report
     page = (out / "report.html").read_text()
@@ -198,6 +228,7 @@ def test_experiment_without_such_runs_gets_notes(tmp_path, new_store):
     assert not (tmp_path / "rep" / "tables" / "seen_unseen_cases.md").exists()
     assert any(n.startswith("seen_unseen_cases: no InstructEdit evaluation with unseen") for n in rep.notes)
     assert any(n.startswith("task_scaling_cases: needs InstructEdit editors") for n in rep.notes)
+    assert any(n.startswith("table1_cases: no single-task editor") for n in rep.notes)
     assert "task_scaling_cases: needs" in rep.path.read_text()
 
 
