@@ -299,7 +299,7 @@ def _study_case_tables(experiment: str, ct: cases.CaseTables, index: pd.DataFram
 
 
 def _has_single_task(ct: cases.CaseTables) -> bool:
-    return bool(ct.runs["method_tag"].isin(studies_cases.SINGLE_TASK).any())
+    return bool(ct.runs["method_tag"].isin(tables.SINGLE_TASK).any())
 
 
 def _markdown_html(text: str) -> str:

@@ -34,6 +34,7 @@ from instructedit.evaluate.metrics import TABLE_METRICS
 
 from . import cases
 from .runs import split_tasks
+from .tables import SINGLE_TASK
 
 EDITOR = registry.get("instructedit").display
 SET_PARAM = "params.data.instruction_set"  # train/run.py logs the flattened config; "" = the task YAML pools
@@ -45,7 +46,6 @@ TASK_SCALING = "task_scaling_cases"
 TITLES = {TABLE1: "Table 1 from per-case results",
           SEEN_UNSEEN: "Seen vs unseen instructions from per-case results",
           TASK_SCALING: "Task scaling from per-case results"}
-SINGLE_TASK = tuple(m.display for m in registry.METHODS if m.single_task)
 REFERENCE = tuple(m.display for m in registry.METHODS if m.reference)  # the unedited model
 # One line under each title (Markdown and the report page): what the table is.
 CAPTIONS = {
