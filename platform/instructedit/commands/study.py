@@ -152,6 +152,11 @@ def run(args) -> int:
         print("config:")
         print("  " + yaml.safe_dump(to_dict(out.best_config), sort_keys=False).replace("\n", "\n  ").rstrip())
     if not out.finished:
-        print(f"\nstudy interrupted: continue with `instructedit study {args.name} --resume --storage {args.storage}`")
-        return 0 if args.stop_after else 130
+        how = f"`instructedit study {args.name} --resume --storage {args.storage}`"
+        if args.stop_after:  # a pause the user asked for, not a failure: exit 0
+            print(f"\nstudy paused by --stop-after {args.stop_after}: {out.count('pending')} trial(s) left; continue "
+                  f"with {how} (or, without this study folder, `--skip-finished`)")
+            return 0
+        print(f"\nstudy interrupted: continue with {how}")
+        return 130
     return 0 if out.count("done") else 1

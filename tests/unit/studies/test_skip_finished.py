@@ -270,3 +270,26 @@ def test_tune_runs_exactly_the_points_left(tmp_path):
     assert [{k: c[k] for k in ("data.tasks", "train.seed")} for c in configs] == points
     assert expected_trials(spec, points) == 3 and expected_trials(spec) == 4
     assert spec.labels(configs[0]) == {"data.tasks": "recent,counterfact", "train.seed": "1"}
+
+
+@pytest.mark.parametrize("stop_after, rc, says", [
+    (["--stop-after", "1"], 0, "study paused by --stop-after 1: 1 trial(s) left; continue with"),
+    ([], 130, "study interrupted: continue with"),
+])
+def test_a_paused_study_is_not_called_interrupted(tmp_path, monkeypatch, capsys, stop_after, rc, says):
+    """--stop-after ends a study on purpose (exit 0, "paused"); anything else that leaves trials
+    pending (Ctrl+C, a lost machine) is an interruption (exit 130)."""
+    from instructedit import ray_session
+    from instructedit.studies import runner
+
+    trials = [runner.TrialRow(trial_id="t0", trial_name="t0", status="done", params={}, metrics={"val/score": 0.5}),
+              runner.TrialRow(trial_id="t1", trial_name="t1", status="pending", params={}, metrics={})]
+    outcome = runner.StudyOutcome(name="smoke", study_dir=tmp_path, parent_run_id="p", tracking_uri="u",
+                                  experiment="e", metric="val/score", mode="max", trials=trials, best=None,
+                                  best_config=None, summary_path=tmp_path / "summary.csv", finished=False,
+                                  elapsed_s=1.0)
+    monkeypatch.setattr(runner, "run_study", lambda spec, **kw: outcome)
+    monkeypatch.setattr(ray_session, "setup_logging", lambda *a, **k: None)
+    assert cli.main(["study", "smoke", "--storage", str(tmp_path / "s"), *stop_after]) == rc
+    out = capsys.readouterr().out
+    assert says in out and ("interrupted" in out) == (rc == 130)
