@@ -154,7 +154,7 @@ def run(args) -> int:
     if not out.finished:
         how = f"`instructedit study {args.name} --resume --storage {args.storage}`"
         if args.stop_after:  # a pause the user asked for, not a failure: exit 0
-            print(f"\nstudy paused by --stop-after {args.stop_after}: {out.count('pending')} trial(s) left; continue "
+            print(f"\nstudy paused by --stop-after {args.stop_after}: {out.left} trial(s) left; continue "
                   f"with {how} (or, without this study folder, `--skip-finished`)")
             return 0
         print(f"\nstudy interrupted: continue with {how}")

@@ -87,6 +87,14 @@ class StudyOutcome:
     summary_path: Path
     finished: bool  # False when stop_after ended it with trials still pending
     elapsed_s: float
+    expected: int = 0  # trials the study runs in all (expected_trials)
+
+    @property
+    def left(self) -> int:
+        """Trials still to run: the pending ones and those Tune has not created yet (its grid
+        generator makes trials one at a time under max_concurrent, so a study stopped early lists
+        only what it started)."""
+        return max(self.count("pending"), self.expected - sum(t.status != "pending" for t in self.trials))
 
     @property
     def best_checkpoint(self) -> Path | None:
@@ -372,10 +380,10 @@ def run_study(
         summary = _log_parent(rows, best, best_cfg, spec, sdir, finished)
     stop_file.unlink(missing_ok=True)
     out = StudyOutcome(spec.name, sdir, parent_id, uri, experiment, spec.metric, spec.mode, rows, best,
-                       best_cfg, summary, finished, time.time() - t0)
+                       best_cfg, summary, finished, time.time() - t0, expected_trials(spec, points))
     say(f"{'finished' if finished else 'stopped (resume with --resume)'} in {out.elapsed_s:.0f}s: "
         f"{out.count('done')} done, {out.count('failed')} failed, {out.count('stopped')} stopped early, "
-        f"{out.count('pending')} pending")
+        f"{out.left} left")
     return out
 
 

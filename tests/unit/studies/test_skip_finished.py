@@ -273,12 +273,13 @@ def test_tune_runs_exactly_the_points_left(tmp_path):
 
 
 @pytest.mark.parametrize("stop_after, rc, says", [
-    (["--stop-after", "1"], 0, "study paused by --stop-after 1: 1 trial(s) left; continue with"),
+    (["--stop-after", "1"], 0, "study paused by --stop-after 1: 2 trial(s) left; continue with"),
     ([], 130, "study interrupted: continue with"),
 ])
 def test_a_paused_study_is_not_called_interrupted(tmp_path, monkeypatch, capsys, stop_after, rc, says):
     """--stop-after ends a study on purpose (exit 0, "paused"); anything else that leaves trials
-    pending (Ctrl+C, a lost machine) is an interruption (exit 130)."""
+    to run (Ctrl+C, a lost machine) is an interruption (exit 130). Trials left count the pending one
+    and the one Tune has not created yet (expected 3)."""
     from instructedit import ray_session
     from instructedit.studies import runner
 
@@ -287,9 +288,22 @@ def test_a_paused_study_is_not_called_interrupted(tmp_path, monkeypatch, capsys,
     outcome = runner.StudyOutcome(name="smoke", study_dir=tmp_path, parent_run_id="p", tracking_uri="u",
                                   experiment="e", metric="val/score", mode="max", trials=trials, best=None,
                                   best_config=None, summary_path=tmp_path / "summary.csv", finished=False,
-                                  elapsed_s=1.0)
+                                  elapsed_s=1.0, expected=3)
     monkeypatch.setattr(runner, "run_study", lambda spec, **kw: outcome)
     monkeypatch.setattr(ray_session, "setup_logging", lambda *a, **k: None)
     assert cli.main(["study", "smoke", "--storage", str(tmp_path / "s"), *stop_after]) == rc
     out = capsys.readouterr().out
     assert says in out and ("interrupted" in out) == (rc == 130)
+
+
+def test_trials_left_count_those_tune_has_not_created(tmp_path):
+    from instructedit.studies.runner import StudyOutcome, TrialRow
+
+    def outcome(statuses, expected):
+        rows = [TrialRow(trial_id=f"t{i}", trial_name="", status=s, params={}, metrics={}) for i, s in enumerate(statuses)]
+        return StudyOutcome("s", tmp_path, "", "", "", "val/score", "max", rows, None, None, tmp_path, False, 0.0, expected)
+
+    assert outcome(["done"], 3).left == 2  # --stop-after 1 of a 3-point grid: Tune made one trial
+    assert outcome(["done", "failed", "stopped"], 3).left == 0
+    assert outcome(["done", "pending", "pending"], 3).left == 2
+    assert outcome(["pending"], 0).left == 1  # expected unknown: the pending rows
