@@ -343,7 +343,8 @@ def run_study(
             state_json.write_text(json.dumps({"study": spec.name, "parent_run_id": parent_id, "tracking_uri": uri,
                                               "experiment": experiment, "created": time.time()}, indent=1) + "\n")
             tracking.log_text(dump(spec), "study.yaml")
-        say(f"{'resuming' if resume else 'starting'}: {expected_trials(spec, points)} trials ({spec.searcher} search, scheduler "
+        expected = expected_trials(spec, points)  # spec and points are final here (a resume restored them)
+        say(f"{'resuming' if resume else 'starting'}: {expected} trials ({spec.searcher} search, scheduler "
             f"{spec.scheduler.type}, {spec.max_concurrent} at a time) -> {sdir}; MLflow parent run {parent_id} "
             f"(experiment {experiment!r}, {uri})")
 
@@ -374,13 +375,13 @@ def run_study(
         grid = tuner.fit()
         rows = collect(grid, spec)
         _close_child_runs(rows, spec.name, experiment, uri)
-        finished = not any(r.status == "pending" for r in rows) and len(rows) >= expected_trials(spec, points)
+        finished = not any(r.status == "pending" for r in rows) and len(rows) >= expected
         best = best_trial(rows, spec.metric, spec.mode)
         best_cfg = apply_overrides(base, spec.trial_overrides(best.config)) if best else None
         summary = _log_parent(rows, best, best_cfg, spec, sdir, finished)
     stop_file.unlink(missing_ok=True)
     out = StudyOutcome(spec.name, sdir, parent_id, uri, experiment, spec.metric, spec.mode, rows, best,
-                       best_cfg, summary, finished, time.time() - t0, expected_trials(spec, points))
+                       best_cfg, summary, finished, time.time() - t0, expected)
     say(f"{'finished' if finished else 'stopped (resume with --resume)'} in {out.elapsed_s:.0f}s: "
         f"{out.count('done')} done, {out.count('failed')} failed, {out.count('stopped')} stopped early, "
         f"{out.left} left")
