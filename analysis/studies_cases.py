@@ -14,7 +14,8 @@ interval comes from the one bootstrap (instructedit.evaluate.stats).
   over the seeds and cases both settings share.
 - Task scaling: InstructEdit editors trained on different task sets (the `tasks` tag), on the
   hold-out tasks (ZsRE); one row per set, fewest tasks first, and each set - the one before, paired
-  over the cases both share.
+  over the cases both share; then each set on its own training tasks (a column per set), each set -
+  the one before on the training tasks both share.
 
 Which runs: InstructEdit ones trained on the task YAML pools (an editor trained on a named instruction
 set, e.g. the instructions study's optimised arm, is another editor), outside studies or in a study
@@ -55,7 +56,8 @@ CAPTIONS = {
                   "instructions seen in training and with held-out (unseen) ones; unseen - seen is "
                   "paired over the seeds and cases both were evaluated on."),
     TASK_SCALING: ("InstructEdit editors trained on growing sets of tasks, tested on the hold-out task(s) "
-                   "they never trained on; each set is compared with the one before on the same cases."),
+                   "they never trained on; each set is compared with the one before on the same cases, "
+                   "then shown on its own training tasks."),
 }
 # Why a table is missing (a note on the page, never an error).
 MISSING = {
@@ -179,6 +181,24 @@ def _arm_order(train_sets: list[str]) -> dict[str, str]:
     return {s: " + ".join(sorted(s.split(","), key=introduced.index)) for s in ordered}
 
 
+def _on_training_tasks(ct: cases.CaseTables, runs: pd.DataFrame, names: dict[str, str], arms: list[str]) -> list[str]:
+    """The arms on their own training tasks (in-distribution), each against the one before on the
+    tasks both trained on, so the table says what an added task cost or gained where the editor
+    trained, not only on the hold-out task."""
+    trained = dict(zip(runs["run_id"], runs["train_tasks"]))
+    tasks = order_tasks({t for s in trained.values() for t in s.split(",")})
+    df = _arm_cases(ct, runs, runs["train_tasks"].map(names), tasks)
+    if df.empty:
+        return []
+    df = df[[t in trained[r].split(",") for r, t in zip(df["source"], df["task"])]]
+    shown = [a for a in arms if a in set(df["method"])]
+    part = ["### Each set on its training tasks", compare.long_table(df, list(TABLE_METRICS), tasks, shown)]
+    for prev, cur in pairwise(shown):  # on the training tasks both sets share
+        part += [f"### {cur} - {prev} on their shared training tasks, paired",
+                 compare.difference_table(df, cur, prev, list(TABLE_METRICS), tasks)]
+    return part
+
+
 def task_scaling(ct: cases.CaseTables, index: pd.DataFrame, source: str) -> str | None:
     """Markdown of the task-scaling table; None without two task sets evaluated on a hold-out task."""
     if ct.empty:
@@ -204,6 +224,7 @@ def task_scaling(ct: cases.CaseTables, index: pd.DataFrame, source: str) -> str 
         part = [f"## {row}, tested on {', '.join(shown)} (hold-out)", table]
         for prev, cur in pairwise(arms):
             part += [f"### {cur} - {prev}, paired", compare.difference_table(df, cur, prev, metrics, shown)]
+        part += _on_training_tasks(ct, g, names, arms)
         part.append(_evaluations(df, g))
         sections.append("\n\n".join(part))
     if not sections:

@@ -87,8 +87,9 @@ def store(tmp_path_factory, new_store):
            recent=N)
     _train(s, "hparams-trial", 0, tasks=two, study="hparams", recent=N)
     # The task-scaling study's smaller arms; its three-task arm is Table 3's editors above.
-    _train(s, "scale-recent", 0, tasks="recent", study="task-scaling", zsre=N)
-    _train(s, "scale-recent-cf", 0, tasks="recent,counterfact", study="task-scaling", zsre=N)
+    _train(s, "scale-recent", 0, tasks="recent", study="task-scaling", zsre=N, recent=N)
+    _train(s, "scale-recent-cf", 0, tasks="recent,counterfact", study="task-scaling", zsre=N, recent=N,
+           counterfact=N)
     # another method on ZsRE: not an InstructEdit arm
     _train(s, "mend-recent", 0, tasks="recent", method="MEND (multi-task)", mode="multi-task", setting="none",
            zsre=N)
@@ -169,6 +170,23 @@ def test_task_scaling_rows_by_training_task_set(store, report):
             d = stats.paired(m(cur, metric), m(prev, metric))
             assert f"| zsre | {metric} | {_fmt(d, metric)} | {N} |" in section
     assert "Evaluations: ie-s0, ie-s1, ie-s2, scale-recent, scale-recent-cf." in text
+
+    # each arm on its own training tasks: Recent for the first two (the three-task editors have no
+    # Recent cases here), CounterFact for the last two; a task an arm never trained on is "–"
+    own = text.split("### Each set on its training tasks")[1]
+    assert _line(own, "| recent | reliability | ") == (
+        f"| recent | reliability | {N} | {_fmt(stats.bootstrap(v('scale-recent', 'recent/reliability')))} | "
+        f"{_fmt(stats.bootstrap(v('scale-recent-cf', 'recent/reliability')))} | – |")
+    three = np.stack([v(f"ie-s{seed}", "counterfact/reliability") for seed in range(3)])
+    assert _line(own, "| counterfact | reliability | ") == (
+        f"| counterfact | reliability | {N} | – | {_fmt(stats.bootstrap(v('scale-recent-cf', 'counterfact/reliability')))} "
+        f"| {_fmt(stats.bootstrap(three))} |")
+    section = own.split(f"### {names[2]} - {names[1]} on their shared training tasks, paired")[1]
+    d = stats.paired(three, v("scale-recent-cf", "counterfact/reliability")[None])
+    assert f"| counterfact | reliability | {_fmt(d)} | {N} |" in section and "| recent |" not in section
+    section = own.split(f"### {names[1]} - {names[0]} on their shared training tasks, paired")[1].split("###")[0]
+    d = stats.paired(v("scale-recent-cf", "recent/reliability")[None], v("scale-recent", "recent/reliability")[None])
+    assert f"| recent | reliability | {_fmt(d)} | {N} |" in section and "| counterfact |" not in section
     assert "mend-recent" not in text and "named instruction set" not in text  # instr-optimised has no ZsRE
 
 
