@@ -188,9 +188,10 @@ def _on_training_tasks(ct: cases.CaseTables, runs: pd.DataFrame, names: dict[str
     trained = dict(zip(runs["run_id"], runs["train_tasks"]))
     tasks = order_tasks({t for s in trained.values() for t in s.split(",")})
     df = _arm_cases(ct, runs, runs["train_tasks"].map(names), tasks)
-    if df.empty:
+    if not df.empty:
+        df = df[[t in trained[r].split(",") for r, t in zip(df["source"], df["task"])]]
+    if df.empty:  # no arm was tested on a task it trained on
         return []
-    df = df[[t in trained[r].split(",") for r, t in zip(df["source"], df["task"])]]
     shown = [a for a in arms if a in set(df["method"])]
     part = ["### Each set on its training tasks", compare.long_table(df, list(TABLE_METRICS), tasks, shown)]
     for prev, cur in pairwise(shown):  # on the training tasks both sets share
