@@ -181,22 +181,23 @@ def _arm_order(train_sets: list[str]) -> dict[str, str]:
     return {s: " + ".join(sorted(s.split(","), key=introduced.index)) for s in ordered}
 
 
-def _on_training_tasks(ct: cases.CaseTables, runs: pd.DataFrame, names: dict[str, str], arms: list[str]) -> list[str]:
+def _on_training_tasks(ct: cases.CaseTables, runs: pd.DataFrame, names: dict[str, str], arms: list[str],
+                       metrics: list[str]) -> list[str]:
     """The arms on their own training tasks (in-distribution), each against the one before on the
     tasks both trained on, so the table says what an added task cost or gained where the editor
     trained, not only on the hold-out task."""
-    trained = dict(zip(runs["run_id"], runs["train_tasks"]))
-    tasks = order_tasks({t for s in trained.values() for t in s.split(",")})
+    trained = {r: s.split(",") for r, s in zip(runs["run_id"], runs["train_tasks"])}
+    tasks = order_tasks({t for ts in trained.values() for t in ts})
     df = _arm_cases(ct, runs, runs["train_tasks"].map(names), tasks)
     if not df.empty:
-        df = df[[t in trained[r].split(",") for r, t in zip(df["source"], df["task"])]]
+        df = df[[t in trained[r] for r, t in zip(df["source"], df["task"])]]
     if df.empty:  # no arm was tested on a task it trained on
         return []
     shown = [a for a in arms if a in set(df["method"])]
-    part = ["### Each set on its training tasks", compare.long_table(df, list(TABLE_METRICS), tasks, shown)]
+    part = ["### Each set on its training tasks", compare.long_table(df, metrics, tasks, shown)]
     for prev, cur in pairwise(shown):  # on the training tasks both sets share
         part += [f"### {cur} - {prev} on their shared training tasks, paired",
-                 compare.difference_table(df, cur, prev, list(TABLE_METRICS), tasks)]
+                 compare.difference_table(df, cur, prev, metrics, tasks)]
     return part
 
 
@@ -225,7 +226,7 @@ def task_scaling(ct: cases.CaseTables, index: pd.DataFrame, source: str) -> str 
         part = [f"## {row}, tested on {', '.join(shown)} (hold-out)", table]
         for prev, cur in pairwise(arms):
             part += [f"### {cur} - {prev}, paired", compare.difference_table(df, cur, prev, metrics, shown)]
-        part += _on_training_tasks(ct, g, names, arms)
+        part += _on_training_tasks(ct, g, names, arms, metrics)
         part.append(_evaluations(df, g))
         sections.append("\n\n".join(part))
     if not sections:

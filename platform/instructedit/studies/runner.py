@@ -72,6 +72,13 @@ class TrialRow:
         return row
 
 
+def trials_left(rows: list[TrialRow], expected: int) -> int:
+    """Trials still to run: the pending ones and those Tune has not created yet (its grid generator
+    makes trials one at a time under max_concurrent, so a study stopped early lists only what it
+    started)."""
+    return max(sum(r.status == "pending" for r in rows), expected - sum(r.status != "pending" for r in rows))
+
+
 @dataclass
 class StudyOutcome:
     name: str
@@ -85,16 +92,13 @@ class StudyOutcome:
     best: TrialRow | None
     best_config: RunConfig | None
     summary_path: Path
-    finished: bool  # False when stop_after ended it with trials still pending
+    finished: bool  # trials_left == 0; a field because the parent run's summary needs it first
     elapsed_s: float
     expected: int = 0  # trials the study runs in all (expected_trials)
 
     @property
     def left(self) -> int:
-        """Trials still to run: the pending ones and those Tune has not created yet (its grid
-        generator makes trials one at a time under max_concurrent, so a study stopped early lists
-        only what it started)."""
-        return max(self.count("pending"), self.expected - sum(t.status != "pending" for t in self.trials))
+        return trials_left(self.trials, self.expected)
 
     @property
     def best_checkpoint(self) -> Path | None:
@@ -375,7 +379,7 @@ def run_study(
         grid = tuner.fit()
         rows = collect(grid, spec)
         _close_child_runs(rows, spec.name, experiment, uri)
-        finished = not any(r.status == "pending" for r in rows) and len(rows) >= expected
+        finished = trials_left(rows, expected) == 0
         best = best_trial(rows, spec.metric, spec.mode)
         best_cfg = apply_overrides(base, spec.trial_overrides(best.config)) if best else None
         summary = _log_parent(rows, best, best_cfg, spec, sdir, finished)
